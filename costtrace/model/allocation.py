@@ -1,0 +1,437 @@
+"""The cost-tracing rules of `cost-tracing.md`, applied one event at a time.
+
+This is the only implementation of the rules: offline replay and the fleet's
+agents both call `apply_event` and `apply_credit`. It is pure: no Kafka, no
+database, no clock; state comes from a `Store` and goes back to it.
+
+Redelivery (the fleet reads at least once): an event read at a `Position`
+whose offset the account has already passed is a redelivery, and gets back
+the outputs stored for that position, so a crash between applying an event
+and publishing its records loses nothing. A producer's repeat (same event,
+new position) is an exact repeat and yields nothing, as the contract says.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from bisect import bisect_left, insort
+from collections.abc import Callable
+from enum import StrEnum
+from typing import Any, Final
+
+import msgspec
+
+from costtrace.model.state import (
+    Account,
+    AccountView,
+    BatchInfo,
+    Credit,
+    CreditSlice,
+    Debt,
+    Namespace,
+    OpenBatch,
+    Order,
+    Outputs,
+    Position,
+    Slice,
+    Store,
+    Writes,
+)
+from schemas.events import (
+    Consumed,
+    Event,
+    Invalid,
+    Issued,
+    Opened,
+    Refunded,
+    Transferred,
+    parse_event,
+)
+from schemas.records import SUSPENSE, Kind, Reason, Record, Rejection, rejection
+
+NS_BATCH: Final = Namespace.BATCH
+NS_ORDER: Final = Namespace.ORDER
+NS_EVENT: Final = Namespace.EVENT
+_ISSUE, _OPEN, _CONSUME, _TRUEUP, _REFUND, _TRANSFER_OUT, _TRANSFER_IN = (
+    Kind.ISSUE.value,
+    Kind.OPEN.value,
+    Kind.CONSUME.value,
+    Kind.TRUEUP.value,
+    Kind.REFUND.value,
+    Kind.TRANSFER_OUT.value,
+    Kind.TRANSFER_IN.value,
+)
+
+
+class Status(StrEnum):
+    APPLIED = "applied"
+    REPEAT = "repeat"  # exact repeat of an applied event: ignored
+    REJECTED = "rejected"
+    REDELIVERED = "redelivered"  # read again at a position already applied
+
+
+class Outcome(msgspec.Struct, gc=False):
+    """What applying one event (or credit) gave: records, credits or a rejection."""
+
+    status: Status
+    account_id: str | None
+    records: list[Record]
+    credits: list[Credit]
+    rejection: Rejection | None = None
+    detail: str | None = None  # why, for a rejection
+
+    def outputs(self) -> Outputs:
+        return Outputs(self.records, self.credits, self.rejection)
+
+
+def event_key(account_id: str, event_id: str) -> str:
+    """A short, unambiguous id of (account, event): the stem of its record ids."""
+    data = f"{len(account_id)}:{account_id}{event_id}".encode()
+    return hashlib.blake2b(data, digest_size=12).hexdigest()
+
+
+class _Rejected(Exception):
+    def __init__(self, reason: Reason, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+class _Change:
+    """One event's reads and writes on one account; stored only if accepted."""
+
+    __slots__ = ("account_id", "event_id", "head", "key", "records", "seq", "view", "writes")
+
+    def __init__(
+        self, view: AccountView, account_id: str, head: Account | None, key: str, seq: int, event_id: str
+    ) -> None:
+        self.view = view
+        self.account_id = account_id
+        self.head = head if head is not None else Account()
+        self.writes: Writes = {}
+        self.records: list[Record] = []
+        self.key = key
+        self.seq = seq
+        self.event_id = event_id
+
+    def get(self, ns: Namespace, key: str) -> Any:
+        if self.writes:
+            value = self.writes.get((ns, key))
+            if value is not None:
+                return value
+        return self.view.get(ns, key)
+
+    def put(self, ns: Namespace, key: str, value: Any) -> None:
+        self.writes[(ns, key)] = value
+
+    def record(
+        self,
+        kind: str,
+        batch_id: str,
+        budget_id: str,
+        amount: int,
+        order_id: str | None = None,
+        refund_id: str | None = None,
+        transfer_id: str | None = None,
+        merchant_id: str | None = None,
+    ) -> None:
+        self.records.append(
+            Record(
+                f"{self.key}-{self.seq}",
+                self.event_id,
+                kind,
+                self.account_id,
+                batch_id,
+                budget_id,
+                amount,
+                order_id,
+                refund_id,
+                transfer_id,
+                merchant_id,
+            )
+        )
+        self.seq += 1
+
+    # -- batches -------------------------------------------------------------
+
+    def add_batch(self, batch_id: str, budget_id: str, issued_ns: int, amount: int) -> None:
+        self.put(NS_BATCH, batch_id, BatchInfo(budget_id, issued_ns, amount))
+        insort(self.head.open, OpenBatch(issued_ns, batch_id, budget_id, amount))
+
+    def give_back(self, batch_id: str, amount: int) -> None:
+        """Return coins to a batch, re-opening it at its FIFO place if it was spent."""
+        info: BatchInfo = self.get(NS_BATCH, batch_id)
+        open_ = self.head.open
+        # budget "" sorts before any real budget id, so this lands on the batch itself
+        i = bisect_left(open_, OpenBatch(info.issued_ns, batch_id, "", 0))
+        if i < len(open_) and open_[i].batch_id == batch_id:
+            open_[i].remaining += amount
+        else:
+            open_.insert(i, OpenBatch(info.issued_ns, batch_id, info.budget_id, amount))
+
+    def take(
+        self,
+        amount: int,
+        kind: str,
+        order_id: str | None = None,
+        transfer_id: str | None = None,
+        merchant_id: str | None = None,
+    ) -> tuple[list[OpenBatch], int]:
+        """Take `amount` from the front of FIFO; return (slices taken, shortfall)."""
+        open_ = self.head.open
+        taken: list[OpenBatch] = []
+        left = amount
+        spent = 0
+        for b in open_:
+            take = b.remaining if b.remaining <= left else left
+            self.record(kind, b.batch_id, b.budget_id, -take, order_id, None, transfer_id, merchant_id)
+            taken.append(OpenBatch(b.issued_ns, b.batch_id, b.budget_id, take))
+            b.remaining -= take
+            left -= take
+            if b.remaining:
+                break
+            spent += 1
+            if not left:
+                break
+        if spent:
+            del open_[:spent]
+        return taken, left
+
+    # -- debt ----------------------------------------------------------------
+
+    def pay_down(self) -> None:
+        """Rule 4: while there is debt and open stock, pay the oldest debt FIFO."""
+        head = self.head
+        debts, open_ = head.debts, head.open
+        while debts and open_:
+            debt, batch = debts[0], open_[0]
+            y = debt.amount if debt.amount <= batch.remaining else batch.remaining
+            order: Order = self.get(NS_ORDER, debt.order_id)
+            oid, mid = debt.order_id, order.merchant_id
+            self.record(_TRUEUP, batch.batch_id, batch.budget_id, -y, oid, None, None, mid)
+            self.record(_TRUEUP, SUSPENSE, SUSPENSE, y, oid, None, None, mid)
+            order.suspense -= y
+            order.trueups.append(Slice(batch.batch_id, batch.budget_id, y))
+            self.put(NS_ORDER, debt.order_id, order)
+            debt.amount -= y
+            batch.remaining -= y
+            if not debt.amount:
+                del debts[0]
+            if not batch.remaining:
+                del open_[0]
+
+    def settle_debt(self, order_id: str, amount: int) -> None:
+        debts = self.head.debts
+        for i, debt in enumerate(debts):
+            if debt.order_id == order_id:
+                debt.amount -= amount
+                if not debt.amount:
+                    del debts[i]
+                return
+        raise AssertionError(f"order {order_id!r} has no debt slice")  # pragma: no cover
+
+
+# -- the rules, one per event type; each checks everything before it changes anything
+
+
+def _issue(ch: _Change, ev: Issued | Opened, kind: str) -> Credit | None:
+    if ch.get(NS_BATCH, ev.batch_id) is not None:
+        raise _Rejected(Reason.DUPLICATE_BATCH, f"batch {ev.batch_id!r} is already on this account")
+    budget_id = ev.budget_id
+    assert budget_id is not None  # Opened defaults it
+    ch.add_batch(ev.batch_id, budget_id, ev.occurred_ns, ev.amount)
+    ch.record(kind, ev.batch_id, budget_id, ev.amount)
+    return None
+
+
+def _issued(ch: _Change, ev: Any) -> Credit | None:
+    return _issue(ch, ev, _ISSUE)
+
+
+def _opened(ch: _Change, ev: Any) -> Credit | None:
+    return _issue(ch, ev, _OPEN)
+
+
+def _consumed(ch: _Change, ev: Consumed) -> Credit | None:
+    oid, mid = ev.order_id, ev.merchant_id
+    if ch.get(NS_ORDER, oid) is not None:
+        raise _Rejected(Reason.DUPLICATE_ORDER, f"order {oid!r} was already consumed")
+    order = Order(ev.amount, mid)
+    taken, shortfall = ch.take(ev.amount, _CONSUME, oid, None, mid)
+    order.consumes = [Slice(b.batch_id, b.budget_id, b.remaining) for b in taken]
+    if shortfall:
+        ch.record(_CONSUME, SUSPENSE, SUSPENSE, -shortfall, oid, None, None, mid)
+        order.suspense = shortfall
+        ch.head.debts.append(Debt(oid, shortfall))
+    ch.put(NS_ORDER, oid, order)
+    return None
+
+
+def _refunded(ch: _Change, ev: Refunded) -> Credit | None:
+    rid, oid = ev.refund_id, ev.order_id
+    if ch.get(Namespace.REFUND, rid) is not None:
+        raise _Rejected(Reason.DUPLICATE_REFUND, f"refund {rid!r} was already applied")
+    order: Order | None = ch.get(NS_ORDER, oid)
+    if order is None:
+        raise _Rejected(Reason.UNKNOWN_ORDER, f"order {oid!r} has not been consumed on this account")
+    unrefunded = order.amount - order.refunded
+    if ev.amount > unrefunded:
+        raise _Rejected(
+            Reason.REFUND_EXCEEDS_ORDER,
+            f"refund of {ev.amount} exceeds the {unrefunded} left unrefunded of order {oid!r}",
+        )
+    mid = order.merchant_id
+    left = ev.amount
+    # last in, first out: SUSPENSE, then trueup slices, then consume slices
+    if order.suspense:
+        s = left if left <= order.suspense else order.suspense
+        ch.record(_REFUND, SUSPENSE, SUSPENSE, s, oid, rid, None, mid)
+        order.suspense -= s
+        ch.settle_debt(oid, s)
+        left -= s
+    for stack in (order.trueups, order.consumes):
+        while left and stack:
+            sl = stack[-1]
+            t = left if left <= sl.amount else sl.amount
+            ch.record(_REFUND, sl.batch_id, sl.budget_id, t, oid, rid, None, mid)
+            ch.give_back(sl.batch_id, t)
+            sl.amount -= t
+            left -= t
+            if not sl.amount:
+                stack.pop()
+    assert left == 0, "an order's slices always cover what is left unrefunded"
+    order.refunded += ev.amount
+    ch.put(NS_ORDER, oid, order)
+    ch.put(Namespace.REFUND, rid, oid)
+    return None
+
+
+def _transferred(ch: _Change, ev: Transferred) -> Credit | None:
+    tid = ev.transfer_id
+    if ev.to_account_id == ev.account_id:
+        raise _Rejected(Reason.SELF_TRANSFER, "to_account_id equals account_id")
+    if ch.get(Namespace.TRANSFER, tid) is not None:
+        raise _Rejected(Reason.DUPLICATE_TRANSFER, f"transfer {tid!r} was already applied")
+    stock = ch.head.stock()
+    if stock < ev.amount:
+        raise _Rejected(
+            Reason.INSUFFICIENT_STOCK, f"transfer of {ev.amount} exceeds the open stock of {stock}"
+        )
+    taken, _ = ch.take(ev.amount, _TRANSFER_OUT, None, tid)
+    ch.put(Namespace.TRANSFER, tid, ev.event_id)
+    slices = [CreditSlice(b.batch_id, b.budget_id, b.issued_ns, b.remaining) for b in taken]
+    return Credit(ev.account_id, ev.event_id, tid, ev.to_account_id, ch.seq, slices)
+
+
+_RULES: Final[dict[type, Callable[[_Change, Any], Credit | None]]] = {
+    Issued: _issued,
+    Opened: _opened,
+    Consumed: _consumed,
+    Refunded: _refunded,
+    Transferred: _transferred,
+}
+
+
+# -- entry points
+
+
+def _already_read(head: Account | None, position: Position | None) -> bool:
+    return (
+        position is not None and head is not None and head.marks.get(position.source, -1) >= position.offset
+    )
+
+
+def _recall(view: AccountView, account_id: str, position: Position) -> Outcome:
+    """The outputs a redelivered event gave when it was first applied."""
+    stored: Outputs | None = view.get(Namespace.OUTPUTS, position.key)
+    if stored is None:
+        return Outcome(Status.REDELIVERED, account_id, [], [])
+    return Outcome(Status.REDELIVERED, account_id, stored.records, stored.credits, stored.rejection)
+
+
+def _finish(
+    store: Store, ch: _Change, outcome: Outcome, position: Position | None, accepted: bool
+) -> Outcome:
+    """Store an accepted event's changes; in the fleet, also its outputs and marker."""
+    if position is None:
+        if accepted:
+            store.commit(ch.account_id, ch.head, ch.writes)
+        return outcome
+    writes = ch.writes if accepted else {}
+    ch.head.marks[position.source] = position.offset
+    if outcome.records or outcome.credits or outcome.rejection is not None:
+        writes[(Namespace.OUTPUTS, position.key)] = outcome.outputs()
+    store.commit(ch.account_id, ch.head, writes)
+    return outcome
+
+
+def _reject(
+    store: Store, ch: _Change, ev: Event, reason: Reason, detail: str, position: Position | None
+) -> Outcome:
+    rej = rejection(ev.event_id, ev.account_id, reason)
+    return _finish(store, ch, Outcome(Status.REJECTED, ev.account_id, [], [], rej, detail), position, False)
+
+
+def apply_event(
+    store: Store, event: Event | Invalid | bytes | str, position: Position | None = None
+) -> Outcome:
+    """Apply one input event (raw JSON or parsed) to its account."""
+    ev = parse_event(event) if isinstance(event, (bytes, str)) else event
+    if isinstance(ev, Invalid):
+        # depends on the payload alone, so a redelivery gives the same answer
+        rej = rejection(ev.event_id, ev.account_id, Reason.INVALID_EVENT)
+        return Outcome(Status.REJECTED, ev.account_id, [], [], rej, ev.detail)
+    account_id = ev.account_id
+    view = store.view(account_id)
+    head = view.head
+    if position is not None and _already_read(head, position):
+        return _recall(view, account_id, position)
+    prior = view.get(NS_EVENT, ev.event_id)
+    if prior is not None:
+        ch = _Change(view, account_id, head, "", 0, ev.event_id)
+        if prior == ev:
+            return _finish(store, ch, Outcome(Status.REPEAT, account_id, [], []), position, False)
+        detail = f"event {ev.event_id!r} was applied before with a different payload"
+        return _reject(store, ch, ev, Reason.CONFLICTING_DUPLICATE, detail, position)
+    ch = _Change(view, account_id, head, event_key(account_id, ev.event_id), 0, ev.event_id)
+    try:
+        credit = _RULES[type(ev)](ch, ev)
+    except _Rejected as rej:
+        return _reject(store, ch, ev, rej.reason, rej.detail, position)
+    ch.pay_down()
+    # a sender with stock has no debt, so pay_down added nothing after the credit's seq
+    assert credit is None or credit.seq == ch.seq
+    ch.put(NS_EVENT, ev.event_id, ev)
+    outcome = Outcome(Status.APPLIED, account_id, ch.records, [credit] if credit is not None else [])
+    return _finish(store, ch, outcome, position, True)
+
+
+def apply_credit(store: Store, credit: Credit, position: Position | None = None) -> Outcome:
+    """Apply the receiving half of a transfer to `credit.to_account_id` (rule 6).
+
+    Each slice becomes a batch `{sender}/{transfer_id}/{source batch_id}` with
+    the source's budget and issue time. Should the receiver already hold a
+    batch of that id (only possible if a producer issued one of that form),
+    the first free `#2`, `#3`, ... suffix is used, so the coins are never lost.
+    """
+    account_id = credit.to_account_id
+    view = store.view(account_id)
+    head = view.head
+    if position is not None and _already_read(head, position):
+        return _recall(view, account_id, position)
+    key = event_key(credit.origin_account_id, credit.event_id)
+    ch = _Change(view, account_id, head, key, credit.seq, credit.event_id)
+    if view.get(Namespace.CREDIT, key) is not None:
+        return _finish(store, ch, Outcome(Status.REPEAT, account_id, [], []), position, False)
+    tid = credit.transfer_id
+    for sl in credit.slices:
+        child = batch_id = f"{credit.origin_account_id}/{tid}/{sl.source_batch_id}"
+        n = 2
+        while ch.get(NS_BATCH, batch_id) is not None:
+            batch_id = f"{child}#{n}"
+            n += 1
+        ch.add_batch(batch_id, sl.budget_id, sl.issued_ns, sl.amount)
+        ch.record(_TRANSFER_IN, batch_id, sl.budget_id, sl.amount, None, None, tid)
+    ch.put(Namespace.CREDIT, key, tid)
+    ch.pay_down()
+    return _finish(store, ch, Outcome(Status.APPLIED, account_id, ch.records, []), position, True)

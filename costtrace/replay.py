@@ -1,0 +1,111 @@
+"""Offline replay: apply an event log in order and write every record.
+
+Replay is the reference for the fleet: the same model, applied to the file in
+line order, with each transfer's credit applied to the receiver at once.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import BinaryIO, Final
+
+import msgspec
+
+from costtrace.model.allocation import Status, apply_credit, apply_event
+from costtrace.model.state import MemoryStore
+from schemas.records import Record, Rejection
+
+_FLUSH_EVERY: Final = 4096
+
+
+@dataclass
+class Summary:
+    events: int = 0
+    records: int = 0
+    repeats: int = 0
+    blank_lines: int = 0
+    rejections: Counter[str] = field(default_factory=Counter)
+    accounts: int = 0
+    debt_outstanding: int = 0
+
+    def lines(self) -> list[str]:
+        out = [
+            f"events: {self.events}",
+            f"records: {self.records}",
+            f"exact repeats ignored: {self.repeats}",
+            f"rejections: {sum(self.rejections.values())}",
+        ]
+        out += [f"  {reason}: {n}" for reason, n in sorted(self.rejections.items())]
+        out += [f"accounts: {self.accounts}", f"debt outstanding: {self.debt_outstanding}"]
+        if self.blank_lines:
+            out.append(f"blank lines skipped: {self.blank_lines}")
+        return out
+
+
+def replay(
+    lines: Iterable[bytes],
+    out: BinaryIO,
+    store: MemoryStore | None = None,
+    on_line: Callable[[int], None] | None = None,
+) -> Summary:
+    """Apply `lines` (one JSON event each) in order; write records as JSON lines to `out`.
+
+    `on_line(n_bytes)` is called per input line, for a progress bar.
+    """
+    # The model's state holds no reference cycles, so reference counting frees
+    # all of it; pausing the cycle collector saves it from walking millions of
+    # live objects again and again (about a sixth of the run time).
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _replay(lines, out, store, on_line)
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _replay(
+    lines: Iterable[bytes],
+    out: BinaryIO,
+    store: MemoryStore | None,
+    on_line: Callable[[int], None] | None,
+) -> Summary:
+    store = store if store is not None else MemoryStore()
+    summary = Summary()
+    encode_lines = msgspec.json.Encoder().encode_lines
+    pending: list[Record | Rejection] = []
+    rejections = summary.rejections
+    APPLIED, REJECTED = Status.APPLIED, Status.REJECTED
+    for line in lines:
+        if on_line is not None:
+            on_line(len(line))
+        if not line.strip():
+            summary.blank_lines += 1
+            continue
+        summary.events += 1
+        outcome = apply_event(store, line)
+        status = outcome.status
+        if status is APPLIED:
+            pending += outcome.records
+            for credit in outcome.credits:
+                pending += apply_credit(store, credit).records
+        elif status is REJECTED:
+            rej = outcome.rejection
+            assert rej is not None
+            pending.append(rej)
+            rejections[rej.reason] += 1
+        else:
+            summary.repeats += 1
+        if len(pending) >= _FLUSH_EVERY:
+            summary.records += len(pending)
+            out.write(encode_lines(pending))
+            pending.clear()
+    summary.records += len(pending)
+    out.write(encode_lines(pending))
+    accounts = store.accounts()
+    summary.accounts = len(accounts)
+    summary.debt_outstanding = sum(a.debt() for a in accounts.values())
+    return summary
