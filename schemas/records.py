@@ -75,5 +75,6 @@ _any: Final = msgspec.json.Decoder()
 def decode_record(line: bytes) -> Record | Rejection:
     """Read back one output line (a `Record` or a `Rejection`, told apart by `kind`)."""
     obj = _any.decode(line)
-    cls = Rejection if obj.get("kind") == Kind.REJECTED.value else Record
-    return msgspec.convert(obj, cls)
+    if obj.get("kind") == Kind.REJECTED.value:
+        return msgspec.convert(obj, Rejection)
+    return msgspec.convert(obj, Record)
