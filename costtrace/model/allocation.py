@@ -22,20 +22,17 @@ from typing import Any, Final
 import msgspec
 
 from costtrace.model.state import (
-    Account,
-    AccountView,
+    AccountState,
     BatchInfo,
     Credit,
     CreditSlice,
     Debt,
-    Namespace,
     OpenBatch,
     Order,
     Outputs,
     Position,
     Slice,
     Store,
-    Writes,
 )
 from schemas.events import (
     Consumed,
@@ -49,9 +46,6 @@ from schemas.events import (
 )
 from schemas.records import SUSPENSE, Kind, Reason, Record, Rejection, rejection
 
-NS_BATCH: Final = Namespace.BATCH
-NS_ORDER: Final = Namespace.ORDER
-NS_EVENT: Final = Namespace.EVENT
 _ISSUE, _OPEN, _CONSUME, _TRUEUP, _REFUND, _TRANSFER_OUT, _TRANSFER_IN = (
     Kind.ISSUE.value,
     Kind.OPEN.value,
@@ -98,31 +92,18 @@ class _Rejected(Exception):
 
 
 class _Change:
-    """One event's reads and writes on one account; stored only if accepted."""
+    """One event's effect on one account: the records it makes, and the helpers that move coins."""
 
-    __slots__ = ("account_id", "event_id", "head", "key", "records", "seq", "view", "writes")
+    __slots__ = ("account_id", "event_id", "head", "key", "records", "seq", "state")
 
-    def __init__(
-        self, view: AccountView, account_id: str, head: Account | None, key: str, seq: int, event_id: str
-    ) -> None:
-        self.view = view
+    def __init__(self, state: AccountState, account_id: str, key: str, seq: int, event_id: str) -> None:
+        self.state = state
+        self.head = state.head
         self.account_id = account_id
-        self.head = head if head is not None else Account()
-        self.writes: Writes = {}
         self.records: list[Record] = []
         self.key = key
         self.seq = seq
         self.event_id = event_id
-
-    def get(self, ns: Namespace, key: str) -> Any:
-        if self.writes:
-            value = self.writes.get((ns, key))
-            if value is not None:
-                return value
-        return self.view.get(ns, key)
-
-    def put(self, ns: Namespace, key: str, value: Any) -> None:
-        self.writes[(ns, key)] = value
 
     def record(
         self,
@@ -155,12 +136,13 @@ class _Change:
     # -- batches -------------------------------------------------------------
 
     def add_batch(self, batch_id: str, budget_id: str, issued_ns: int, amount: int) -> None:
-        self.put(NS_BATCH, batch_id, BatchInfo(budget_id, issued_ns, amount))
+        self.state.batches[batch_id] = BatchInfo(budget_id, issued_ns, amount)
         insort(self.head.open, OpenBatch(issued_ns, batch_id, budget_id, amount))
 
     def give_back(self, batch_id: str, amount: int) -> None:
         """Return coins to a batch, re-opening it at its FIFO place if it was spent."""
-        info: BatchInfo = self.get(NS_BATCH, batch_id)
+        info = self.state.batches.get(batch_id)
+        assert info is not None, f"slice on unknown batch {batch_id!r}"
         open_ = self.head.open
         # budget "" sorts before any real budget id, so this lands on the batch itself
         i = bisect_left(open_, OpenBatch(info.issued_ns, batch_id, "", 0))
@@ -206,13 +188,15 @@ class _Change:
         while debts and open_:
             debt, batch = debts[0], open_[0]
             y = debt.amount if debt.amount <= batch.remaining else batch.remaining
-            order: Order = self.get(NS_ORDER, debt.order_id)
-            oid, mid = debt.order_id, order.merchant_id
+            oid = debt.order_id
+            order = self.state.orders.get(oid)
+            assert order is not None, f"debt of unknown order {oid!r}"
+            mid = order.merchant_id
             self.record(_TRUEUP, batch.batch_id, batch.budget_id, -y, oid, None, None, mid)
             self.record(_TRUEUP, SUSPENSE, SUSPENSE, y, oid, None, None, mid)
             order.suspense -= y
             order.trueups.append(Slice(batch.batch_id, batch.budget_id, y))
-            self.put(NS_ORDER, debt.order_id, order)
+            self.state.orders[oid] = order
             debt.amount -= y
             batch.remaining -= y
             if not debt.amount:
@@ -235,7 +219,7 @@ class _Change:
 
 
 def _issue(ch: _Change, ev: Issued | Opened, kind: str) -> Credit | None:
-    if ch.get(NS_BATCH, ev.batch_id) is not None:
+    if ch.state.batches.get(ev.batch_id) is not None:
         raise _Rejected(Reason.DUPLICATE_BATCH, f"batch {ev.batch_id!r} is already on this account")
     budget_id = ev.budget_id
     assert budget_id is not None  # Opened defaults it
@@ -254,7 +238,8 @@ def _opened(ch: _Change, ev: Any) -> Credit | None:
 
 def _consumed(ch: _Change, ev: Consumed) -> Credit | None:
     oid, mid = ev.order_id, ev.merchant_id
-    if ch.get(NS_ORDER, oid) is not None:
+    orders = ch.state.orders
+    if orders.get(oid) is not None:
         raise _Rejected(Reason.DUPLICATE_ORDER, f"order {oid!r} was already consumed")
     order = Order(ev.amount, mid)
     taken, shortfall = ch.take(ev.amount, _CONSUME, oid, None, mid)
@@ -263,15 +248,16 @@ def _consumed(ch: _Change, ev: Consumed) -> Credit | None:
         ch.record(_CONSUME, SUSPENSE, SUSPENSE, -shortfall, oid, None, None, mid)
         order.suspense = shortfall
         ch.head.debts.append(Debt(oid, shortfall))
-    ch.put(NS_ORDER, oid, order)
+    orders[oid] = order
     return None
 
 
 def _refunded(ch: _Change, ev: Refunded) -> Credit | None:
     rid, oid = ev.refund_id, ev.order_id
-    if ch.get(Namespace.REFUND, rid) is not None:
+    state = ch.state
+    if state.refunds.get(rid) is not None:
         raise _Rejected(Reason.DUPLICATE_REFUND, f"refund {rid!r} was already applied")
-    order: Order | None = ch.get(NS_ORDER, oid)
+    order = state.orders.get(oid)
     if order is None:
         raise _Rejected(Reason.UNKNOWN_ORDER, f"order {oid!r} has not been consumed on this account")
     unrefunded = order.amount - order.refunded
@@ -301,8 +287,8 @@ def _refunded(ch: _Change, ev: Refunded) -> Credit | None:
                 stack.pop()
     assert left == 0, "an order's slices always cover what is left unrefunded"
     order.refunded += ev.amount
-    ch.put(NS_ORDER, oid, order)
-    ch.put(Namespace.REFUND, rid, oid)
+    state.orders[oid] = order
+    state.refunds[rid] = oid
     return None
 
 
@@ -310,7 +296,7 @@ def _transferred(ch: _Change, ev: Transferred) -> Credit | None:
     tid = ev.transfer_id
     if ev.to_account_id == ev.account_id:
         raise _Rejected(Reason.SELF_TRANSFER, "to_account_id equals account_id")
-    if ch.get(Namespace.TRANSFER, tid) is not None:
+    if ch.state.transfers.get(tid) is not None:
         raise _Rejected(Reason.DUPLICATE_TRANSFER, f"transfer {tid!r} was already applied")
     stock = ch.head.stock()
     if stock < ev.amount:
@@ -318,7 +304,7 @@ def _transferred(ch: _Change, ev: Transferred) -> Credit | None:
             Reason.INSUFFICIENT_STOCK, f"transfer of {ev.amount} exceeds the open stock of {stock}"
         )
     taken, _ = ch.take(ev.amount, _TRANSFER_OUT, None, tid)
-    ch.put(Namespace.TRANSFER, tid, ev.event_id)
+    ch.state.transfers[tid] = ev.event_id
     slices = [CreditSlice(b.batch_id, b.budget_id, b.issued_ns, b.remaining) for b in taken]
     return Credit(ev.account_id, ev.event_id, tid, ev.to_account_id, ch.seq, slices)
 
@@ -335,41 +321,43 @@ _RULES: Final[dict[type, Callable[[_Change, Any], Credit | None]]] = {
 # -- entry points
 
 
-def _already_read(head: Account | None, position: Position | None) -> bool:
-    return (
-        position is not None and head is not None and head.marks.get(position.source, -1) >= position.offset
-    )
-
-
-def _recall(view: AccountView, account_id: str, position: Position) -> Outcome:
+def _recall(state: AccountState, account_id: str, position: Position) -> Outcome:
     """The outputs a redelivered event gave when it was first applied."""
-    stored: Outputs | None = view.get(Namespace.OUTPUTS, position.key)
+    stored = state.outputs.get(position.key)
     if stored is None:
         return Outcome(Status.REDELIVERED, account_id, [], [])
     return Outcome(Status.REDELIVERED, account_id, stored.records, stored.credits, stored.rejection)
 
 
 def _finish(
-    store: Store, ch: _Change, outcome: Outcome, position: Position | None, accepted: bool
+    store: Store,
+    state: AccountState,
+    account_id: str,
+    outcome: Outcome,
+    position: Position | None,
+    changed: bool,
 ) -> Outcome:
-    """Store an accepted event's changes; in the fleet, also its outputs and marker."""
-    if position is None:
-        if accepted:
-            store.commit(ch.account_id, ch.head, ch.writes)
-        return outcome
-    writes = ch.writes if accepted else {}
-    ch.head.marks[position.source] = position.offset
-    if outcome.records or outcome.credits or outcome.rejection is not None:
-        writes[(Namespace.OUTPUTS, position.key)] = outcome.outputs()
-    store.commit(ch.account_id, ch.head, writes)
+    """In the fleet, remember the position and what it gave; then hand the changes to the store."""
+    if position is not None:
+        state.head.marks[position.source] = position.offset
+        if outcome.records or outcome.credits or outcome.rejection is not None:
+            state.outputs[position.key] = outcome.outputs()
+        changed = True
+    if changed:
+        store.commit(account_id, state)
     return outcome
 
 
 def _reject(
-    store: Store, ch: _Change, ev: Event, reason: Reason, detail: str, position: Position | None
+    store: Store, state: AccountState, ev: Event, reason: Reason, detail: str, position: Position | None
 ) -> Outcome:
     rej = rejection(ev.event_id, ev.account_id, reason)
-    return _finish(store, ch, Outcome(Status.REJECTED, ev.account_id, [], [], rej, detail), position, False)
+    outcome = Outcome(Status.REJECTED, ev.account_id, [], [], rej, detail)
+    return _finish(store, state, ev.account_id, outcome, position, False)
+
+
+def _already_read(state: AccountState, position: Position) -> bool:
+    return state.head.marks.get(position.source, -1) >= position.offset
 
 
 def apply_event(
@@ -382,28 +370,28 @@ def apply_event(
         rej = rejection(ev.event_id, ev.account_id, Reason.INVALID_EVENT)
         return Outcome(Status.REJECTED, ev.account_id, [], [], rej, ev.detail)
     account_id = ev.account_id
-    view = store.view(account_id)
-    head = view.head
-    if position is not None and _already_read(head, position):
-        return _recall(view, account_id, position)
-    prior = view.get(NS_EVENT, ev.event_id)
+    state = store.account(account_id)
+    if position is not None and _already_read(state, position):
+        return _recall(state, account_id, position)
+    prior = state.events.get(ev.event_id)
     if prior is not None:
-        ch = _Change(view, account_id, head, "", 0, ev.event_id)
         if prior == ev:
-            return _finish(store, ch, Outcome(Status.REPEAT, account_id, [], []), position, False)
+            return _finish(
+                store, state, account_id, Outcome(Status.REPEAT, account_id, [], []), position, False
+            )
         detail = f"event {ev.event_id!r} was applied before with a different payload"
-        return _reject(store, ch, ev, Reason.CONFLICTING_DUPLICATE, detail, position)
-    ch = _Change(view, account_id, head, event_key(account_id, ev.event_id), 0, ev.event_id)
+        return _reject(store, state, ev, Reason.CONFLICTING_DUPLICATE, detail, position)
+    ch = _Change(state, account_id, event_key(account_id, ev.event_id), 0, ev.event_id)
     try:
         credit = _RULES[type(ev)](ch, ev)
     except _Rejected as rej:
-        return _reject(store, ch, ev, rej.reason, rej.detail, position)
+        return _reject(store, state, ev, rej.reason, rej.detail, position)
     ch.pay_down()
     # a sender with stock has no debt, so pay_down added nothing after the credit's seq
     assert credit is None or credit.seq == ch.seq
-    ch.put(NS_EVENT, ev.event_id, ev)
+    state.events[ev.event_id] = ev
     outcome = Outcome(Status.APPLIED, account_id, ch.records, [credit] if credit is not None else [])
-    return _finish(store, ch, outcome, position, True)
+    return _finish(store, state, account_id, outcome, position, True)
 
 
 def apply_credit(store: Store, credit: Credit, position: Position | None = None) -> Outcome:
@@ -415,23 +403,25 @@ def apply_credit(store: Store, credit: Credit, position: Position | None = None)
     the first free `#2`, `#3`, ... suffix is used, so the coins are never lost.
     """
     account_id = credit.to_account_id
-    view = store.view(account_id)
-    head = view.head
-    if position is not None and _already_read(head, position):
-        return _recall(view, account_id, position)
+    state = store.account(account_id)
+    if position is not None and _already_read(state, position):
+        return _recall(state, account_id, position)
     key = event_key(credit.origin_account_id, credit.event_id)
-    ch = _Change(view, account_id, head, key, credit.seq, credit.event_id)
-    if view.get(Namespace.CREDIT, key) is not None:
-        return _finish(store, ch, Outcome(Status.REPEAT, account_id, [], []), position, False)
+    if state.credits.get(key) is not None:
+        return _finish(store, state, account_id, Outcome(Status.REPEAT, account_id, [], []), position, False)
+    ch = _Change(state, account_id, key, credit.seq, credit.event_id)
     tid = credit.transfer_id
+    batches = state.batches
     for sl in credit.slices:
         child = batch_id = f"{credit.origin_account_id}/{tid}/{sl.source_batch_id}"
         n = 2
-        while ch.get(NS_BATCH, batch_id) is not None:
+        while batches.get(batch_id) is not None:
             batch_id = f"{child}#{n}"
             n += 1
         ch.add_batch(batch_id, sl.budget_id, sl.issued_ns, sl.amount)
         ch.record(_TRANSFER_IN, batch_id, sl.budget_id, sl.amount, None, None, tid)
-    ch.put(Namespace.CREDIT, key, tid)
+    state.credits[key] = tid
     ch.pay_down()
-    return _finish(store, ch, Outcome(Status.APPLIED, account_id, ch.records, []), position, True)
+    return _finish(
+        store, state, account_id, Outcome(Status.APPLIED, account_id, ch.records, []), position, True
+    )

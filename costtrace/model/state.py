@@ -1,6 +1,6 @@
 """Per-account state, split so that an event reads and writes only what it touches.
 
-One account's state is a header plus entries under (namespace, key):
+One account's state (`AccountState`) is a header plus entries under (namespace, key):
 
 | where | key | value | written by |
 |---|---|---|---|
@@ -24,12 +24,14 @@ matters with millions of them in memory.
 from __future__ import annotations
 
 from enum import IntEnum
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypeVar
 
 import msgspec
 
 from schemas.events import Event
 from schemas.records import Record, Rejection
+
+V = TypeVar("V")
 
 
 class Namespace(IntEnum):
@@ -145,67 +147,98 @@ VALUE_TYPES: Final[dict[Namespace, Any]] = {
     Namespace.OUTPUTS: Outputs,
 }
 
+
 # (namespace, key) -> new value, for one event on one account
-Writes = dict[tuple[Namespace, str], Any]
+class Entries(Protocol[V]):
+    """Keyed entries of one kind on one account: all the model needs of a map."""
+
+    def get(self, key: str) -> V | None: ...
+
+    def __setitem__(self, key: str, value: V) -> None: ...
 
 
-class AccountView(Protocol):
-    """One account's state as the model reads it during one event."""
+class AccountState:
+    """One account's state as the model sees it: the header and its keyed entries.
 
-    @property
-    def head(self) -> Account | None: ...
+    In replay every map is a plain dict; in the fleet they read through to the
+    RocksDB table and remember what changed. The model changes nothing until
+    it has accepted an event, and assigns every entry it changed back to its
+    map (never only mutating it in place), so a store sees every write.
+    """
 
-    def get(self, ns: Namespace, key: str) -> Any: ...
+    __slots__ = ("batches", "credits", "events", "head", "orders", "outputs", "refunds", "transfers")
+
+    def __init__(
+        self,
+        head: Account,
+        batches: Entries[BatchInfo],
+        orders: Entries[Order],
+        events: Entries[Event],
+        refunds: Entries[str],
+        transfers: Entries[str],
+        credits: Entries[str],
+        outputs: Entries[Outputs],
+    ) -> None:
+        self.head = head
+        self.batches = batches
+        self.orders = orders
+        self.events = events
+        self.refunds = refunds
+        self.transfers = transfers
+        self.credits = credits
+        self.outputs = outputs
+
+    @classmethod
+    def in_memory(cls) -> AccountState:
+        return cls(Account(), {}, {}, {}, {}, {}, {}, {})
+
+    def entries(self) -> dict[Namespace, Entries[Any]]:
+        return {
+            Namespace.BATCH: self.batches,
+            Namespace.ORDER: self.orders,
+            Namespace.EVENT: self.events,
+            Namespace.REFUND: self.refunds,
+            Namespace.TRANSFER: self.transfers,
+            Namespace.CREDIT: self.credits,
+            Namespace.OUTPUTS: self.outputs,
+        }
+
+    def is_empty(self) -> bool:
+        return not (self.head.open or self.head.debts or self.head.marks) and not any(
+            isinstance(m, dict) and m for m in self.entries().values()
+        )
 
 
 class Store(Protocol):
-    """Where per-account state lives: a dict for replay, a RocksDB table in the fleet.
+    """Where per-account state lives: dicts for replay, a RocksDB table in the fleet."""
 
-    A view may hand out the stored objects themselves: the model changes
-    nothing it read until it has accepted the event, and then hands every
-    changed object back in one `commit`, so a store can make each event
-    atomic.
-    """
+    def account(self, account_id: str) -> AccountState:
+        """The account's state, empty if it has none yet."""
+        ...
 
-    def view(self, account_id: str) -> AccountView: ...
-
-    def commit(self, account_id: str, head: Account, writes: Writes) -> None: ...
-
-
-class _Slot:
-    __slots__ = ("head", "maps")
-
-    def __init__(self) -> None:
-        self.head: Account | None = None
-        self.maps: tuple[dict[str, Any], ...] = tuple({} for _ in Namespace)
-
-    def get(self, ns: Namespace, key: str) -> Any:
-        return self.maps[ns].get(key)
-
-
-_NO_ACCOUNT: Final = _Slot()
+    def commit(self, account_id: str, state: AccountState) -> None:
+        """Keep what one event changed (the model calls it once per event that changed anything)."""
+        ...
 
 
 class MemoryStore:
-    """The in-memory store of offline replay and the tests: one slot per account."""
+    """The in-memory store of offline replay and the tests: one `AccountState` per account."""
 
     def __init__(self) -> None:
-        self.slots: dict[str, _Slot] = {}
+        self.states: dict[str, AccountState] = {}
 
-    def view(self, account_id: str) -> _Slot:
-        return self.slots.get(account_id, _NO_ACCOUNT)
+    def account(self, account_id: str) -> AccountState:
+        state = self.states.get(account_id)
+        if state is None:
+            state = self.states[account_id] = AccountState.in_memory()
+        return state
 
-    def commit(self, account_id: str, head: Account, writes: Writes) -> None:
-        slot = self.slots.get(account_id)
-        if slot is None:
-            slot = self.slots[account_id] = _Slot()
-        slot.head = head
-        maps = slot.maps
-        for (ns, key), value in writes.items():
-            maps[ns][key] = value
+    def commit(self, account_id: str, state: AccountState) -> None:
+        """Nothing to do: the maps are the store."""
 
     def accounts(self) -> dict[str, Account]:
-        return {a: slot.head for a, slot in self.slots.items() if slot.head is not None}
+        """Headers of every account with any state (an account seen only in rejections has none)."""
+        return {a: s.head for a, s in self.states.items() if not s.is_empty()}
 
 
 _encoder: Final = msgspec.msgpack.Encoder()

@@ -78,9 +78,7 @@ class Ledger:
         return out.rejection.reason
 
     def open_batches(self, account: str = "alice") -> list[tuple[str, int]]:
-        head = self.store.view(account).head
-        return [(b.batch_id, b.remaining) for b in head.open] if head else []
+        return [(b.batch_id, b.remaining) for b in self.store.account(account).head.open]
 
     def debt(self, account: str = "alice") -> int:
-        head = self.store.view(account).head
-        return head.debt() if head else 0
+        return self.store.account(account).head.debt()

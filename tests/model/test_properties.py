@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from costtrace.model.allocation import Status, apply_credit, apply_event
-from costtrace.model.state import BatchInfo, MemoryStore, Namespace, Position
+from costtrace.model.state import MemoryStore, Namespace, Position
 from schemas.records import SUSPENSE, Record
 
 ACCOUNTS = ("alice", "bob", "carol")
@@ -102,23 +102,21 @@ class Checker:
                 transfers_by_budget[r.budget_id] += r.amount
         outstanding: Counter[str] = Counter()
         for acct in ACCOUNTS:
-            slot = self.store.view(acct)
-            head = slot.head
-            stock = head.stock() if head else 0
-            debt = head.debt() if head else 0
+            state = self.store.account(acct)
+            head = state.head
+            stock, debt = head.stock(), head.debt()
             # stock minus debt = sum of records = the ledger's balance
             assert stock - debt == by_account[acct] == self.ledger[acct]
             assert not (debt and stock), "debt and open stock at once"
-            if head is None:
-                continue
             assert head.open == sorted(head.open), "open batches out of FIFO order"
             for b in head.open:
-                info: BatchInfo = slot.get(Namespace.BATCH, b.batch_id)
+                info = state.batches.get(b.batch_id)
+                assert info is not None
                 assert 0 < b.remaining <= info.amount
                 assert (info.issued_ns, info.budget_id) == (b.issued_ns, b.budget_id)
                 outstanding[b.budget_id] += b.remaining
-            orders_debt = sum(slot.get(Namespace.ORDER, d.order_id).suspense for d in head.debts)
-            assert orders_debt == debt
+            orders = [state.orders.get(d.order_id) for d in head.debts]
+            assert sum(o.suspense for o in orders if o is not None) == debt
         for key, amount in self.orders.items():
             assert by_order[key] == -amount, "consume records (with trueups) = -order amount"
             assert 0 <= refunds[key] <= amount
@@ -253,12 +251,11 @@ def test_state_round_trips_exactly_through_its_serialised_form() -> None:
     )
     assert apply_event(checker.store, raw, Position("consumed:3", 17)).status is Status.APPLIED
     seen: defaultdict[Namespace, int] = defaultdict(int)
-    for acct, slot in checker.store.slots.items():
-        assert slot.head is not None
-        assert decode_account(encode_value(slot.head)) == slot.head
-        for ns in Namespace:
-            for value in slot.maps[ns].values():
+    for state in checker.store.states.values():
+        assert decode_account(encode_value(state.head)) == state.head
+        for ns, entries in state.entries().items():
+            assert isinstance(entries, dict)
+            for value in entries.values():
                 assert decode_value(ns, encode_value(value)) == value
                 seen[ns] += 1
-        del acct
     assert set(seen) == set(Namespace)
