@@ -45,7 +45,10 @@ def _type_schema(t: mi.Type, name: str) -> dict[str, Any]:
             out["description"] = "RFC 3339 date-time with an offset; compared as an instant"
         return out
     if isinstance(t, mi.IntType):
-        out = {"type": "integer"}
+        out = {
+            "type": "integer",
+            "description": "written without fraction or exponent (2, not 2.0): amounts are never floats",
+        }
         if t.ge is not None:
             out["minimum"] = t.ge
         if t.le is not None:

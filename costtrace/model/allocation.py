@@ -73,9 +73,10 @@ class Outcome(msgspec.Struct, gc=False):
     credits: list[Credit]
     rejection: Rejection | None = None
     detail: str | None = None  # why, for a rejection
+    step: int = 0  # the account's step that made the records: (step, seq) is replay's order
 
     def outputs(self) -> Outputs:
-        return Outputs(self.records, self.credits, self.rejection)
+        return Outputs(self.records, self.credits, self.rejection, self.step)
 
 
 def event_key(account_id: str, event_id: str) -> str:
@@ -326,7 +327,9 @@ def _recall(state: AccountState, account_id: str, position: Position) -> Outcome
     stored = state.outputs.get(position.key)
     if stored is None:
         return Outcome(Status.REDELIVERED, account_id, [], [])
-    return Outcome(Status.REDELIVERED, account_id, stored.records, stored.credits, stored.rejection)
+    return Outcome(
+        Status.REDELIVERED, account_id, stored.records, stored.credits, stored.rejection, step=stored.step
+    )
 
 
 def _finish(
@@ -390,7 +393,9 @@ def apply_event(
     # a sender with stock has no debt, so pay_down added nothing after the credit's seq
     assert credit is None or credit.seq == ch.seq
     state.events[ev.event_id] = ev
-    outcome = Outcome(Status.APPLIED, account_id, ch.records, [credit] if credit is not None else [])
+    state.head.steps += 1
+    credits = [credit] if credit is not None else []
+    outcome = Outcome(Status.APPLIED, account_id, ch.records, credits, step=state.head.steps)
     return _finish(store, state, account_id, outcome, position, True)
 
 
@@ -422,6 +427,6 @@ def apply_credit(store: Store, credit: Credit, position: Position | None = None)
         ch.record(_TRANSFER_IN, batch_id, sl.budget_id, sl.amount, None, None, tid)
     state.credits[key] = tid
     ch.pay_down()
-    return _finish(
-        store, state, account_id, Outcome(Status.APPLIED, account_id, ch.records, []), position, True
-    )
+    state.head.steps += 1
+    outcome = Outcome(Status.APPLIED, account_id, ch.records, [], step=state.head.steps)
+    return _finish(store, state, account_id, outcome, position, True)

@@ -65,6 +65,8 @@ class Account(msgspec.Struct, array_like=True, gc=False):
     debts: list[Debt] = msgspec.field(default_factory=list)
     # source ("topic:partition") -> last offset applied; only the fleet sets it
     marks: dict[str, int] = msgspec.field(default_factory=dict)
+    # applied events and credits so far: orders the account's records as replay does
+    steps: int = 0
 
     def stock(self) -> int:
         return sum(b.remaining for b in self.open)
@@ -124,6 +126,7 @@ class Outputs(msgspec.Struct, array_like=True, gc=False):
     records: list[Record] = msgspec.field(default_factory=list)
     credits: list[Credit] = msgspec.field(default_factory=list)
     rejection: Rejection | None = None
+    step: int = 0
 
 
 class Position(msgspec.Struct, frozen=True, array_like=True, gc=False):

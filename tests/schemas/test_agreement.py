@@ -93,6 +93,11 @@ def near_events(draw: st.DrawFn) -> dict[str, Any]:
 def test_json_schema_and_parse_event_give_the_same_verdict(ev: dict[str, Any]) -> None:
     by_schema = EVENT_VALIDATOR.is_valid(ev)
     by_model = not isinstance(parse_event(json.dumps(ev)), Invalid)
+    if any(isinstance(v, float) for k, v in ev.items() if k != "extra"):
+        # JSON Schema's "integer" cannot tell 2 from 2.0; the contract says "never
+        # floats", so the model refuses any number written with a fraction or exponent
+        assert not by_model
+        return
     assert by_schema == by_model, (ev, parse_event(json.dumps(ev)))
 
 
