@@ -7,7 +7,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import click
 
@@ -129,6 +129,195 @@ def demo(n_events: int, accounts: int, seed: int, workdir: str) -> None:
     click.echo("")
     for line in rep.lines():
         click.echo(line)
+
+
+# -- the fleet --------------------------------------------------------------------
+
+
+def _settings(**overrides: Any) -> Any:
+    from workers.settings import Settings
+
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+@main.group()
+def topics() -> None:
+    """The topic catalogue (topics/catalogue.py) and its state on the broker."""
+
+
+@topics.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def topics_list(as_json: bool) -> None:
+    """Each topic, its partitions, key, and the event types producers publish to it."""
+    import dataclasses
+    import json
+
+    from workers.app import fleet_catalogue
+
+    cat = fleet_catalogue(_settings())
+    if as_json:
+        click.echo(json.dumps([dataclasses.asdict(t) for t in cat.topics], indent=2, default=dict))
+        return
+    click.echo(f"{'topic':34s}{'parts':>6s}  {'key':14s}{'role':10s}events / contents")
+    for t in cat.topics:
+        what = ", ".join(t.event_types) if t.event_types else t.description
+        click.echo(f"{t.name:34s}{t.partitions:6d}  {t.key:14s}{t.role:10s}{what}")
+
+
+@topics.command("create")
+def topics_create() -> None:
+    """Create missing topics (idempotent), then check them all."""
+    import asyncio
+
+    from topics.admin import create
+    from workers.app import fleet_catalogue
+
+    settings = _settings()
+    created = asyncio.run(create(settings.kafka_bootstrap, fleet_catalogue(settings), settings.replication))
+    click.echo(f"created {len(created)} topic(s)" + (f": {', '.join(created)}" if created else ""))
+
+
+@topics.command("check")
+def topics_check() -> None:
+    """Exit non-zero if a topic is missing or co-partitioned topics disagree."""
+    import asyncio
+
+    from topics.admin import check
+    from workers.app import fleet_catalogue
+
+    settings = _settings()
+    try:
+        asyncio.run(check(settings.kafka_bootstrap, fleet_catalogue(settings)))
+    except (LookupError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo("topics ok")
+
+
+@main.group()
+def db() -> None:
+    """The PostgreSQL schema."""
+
+
+@db.command("migrate")
+def db_migrate() -> None:
+    """Apply the schema migrations (Alembic), idempotently."""
+    from workers.db import migrate
+
+    migrate(_settings().postgres_dsn.get_secret_value())
+    click.echo("schema up to date")
+
+
+@main.command()
+@click.option(
+    "--role",
+    type=click.Choice(["allocator", "sink"]),
+    required=True,
+    help="allocator: events to records (RocksDB state); sink: records to PostgreSQL.",
+)
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="RocksDB folder of this allocator process (one per process).",
+)
+@click.option("--loglevel", default=None, help="faust log level (default: COSTTRACE_LOG_LEVEL).")
+def worker(role: str, state_dir: str | None, loglevel: str | None) -> None:
+    """Run one fleet worker process. Scale by running more; each takes a share of the partitions.
+
+    Partitions are shared out by Kafka's group protocol: with P partitions
+    (COSTTRACE_PARTITIONS) and N processes of a role, each takes about P/N.
+    """
+    import asyncio
+    from pathlib import Path
+
+    import faust
+
+    from topics.admin import check
+    from workers.app import allocator_app, fleet_catalogue
+    from workers.lifecycle import mark_clean_exit, prepare_state_dir
+
+    settings = _settings(state_dir=Path(state_dir) if state_dir else None)
+    try:
+        asyncio.run(check(settings.kafka_bootstrap, fleet_catalogue(settings)))
+    except (LookupError, ValueError) as exc:
+        raise click.ClickException(f"refusing to start: {exc}") from exc
+    if role == "allocator":
+        prepare_state_dir(settings.state_dir)
+        app = allocator_app(settings)
+    else:
+        from workers.sink import sink_app
+
+        app = sink_app(settings)
+    code = 1
+    try:
+        faust.Worker(app, loglevel=loglevel or settings.log_level, quiet=True).execute_from_commandline()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        if role == "allocator" and code == 0:
+            mark_clean_exit(settings.state_dir)
+    sys.exit(code)
+
+
+@main.command()
+@click.option("-n", "--events", "n_events", default=200_000, show_default=True)
+@click.option("--accounts", default=20_000, show_default=True)
+@click.option("--seed", default=1, show_default=True)
+@click.option("--rate", type=float, default=None, help="Events per second (default: as fast as possible).")
+@click.option(
+    "--from-file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Publish this event log instead of generating one.",
+)
+def simulate(n_events: int, accounts: int, seed: int, rate: float | None, from_file: str | None) -> None:
+    """Publish realistic traffic to the input topics, as producers would."""
+    import asyncio
+
+    from costtrace.sample import encode_event, generate_events
+    from workers.app import fleet_catalogue
+    from workers.publish import publish
+
+    settings = _settings()
+    if from_file:
+        with open(from_file, "rb") as f:
+            lines = [line.rstrip(b"\n") for line in f if line.strip()]
+    else:
+        lines = [encode_event(e) for e in generate_events(n_events, accounts, seed)]
+    started = time.perf_counter()
+    sent = asyncio.run(publish(settings.kafka_bootstrap, fleet_catalogue(settings), lines, rate))
+    elapsed = time.perf_counter() - started
+    click.echo(f"published {sent:,} events in {elapsed:.1f} s ({sent / max(elapsed, 1e-9):,.0f}/s)")
+
+
+@main.command()
+@click.option(
+    "-o", "--output", default="-", show_default=True, type=click.Path(allow_dash=True, dir_okay=False)
+)
+def export(output: str) -> None:
+    """Write the records persisted in PostgreSQL, each account's in replay's order."""
+    import asyncio
+
+    import msgspec
+
+    from schemas.records import Record
+    from workers.db import iter_records
+
+    dsn = _settings().postgres_dsn.get_secret_value()
+    encoder = msgspec.json.Encoder()
+
+    async def run(dst: BinaryIO) -> int:
+        n = 0
+        async for row in iter_records(dsn):
+            dst.write(encoder.encode(Record(*row)) + b"\n")
+            n += 1
+        return n
+
+    with ExitStack() as stack:
+        dst = _open_out(stack, output)
+        n = asyncio.run(run(dst))
+    click.echo(f"exported {n:,} records", err=True)
 
 
 @main.group()

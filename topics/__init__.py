@@ -1,0 +1,1 @@
+"""The one catalogue of costtrace's Kafka topics."""

@@ -1,0 +1,49 @@
+"""Apply the catalogue to a broker, idempotently, and check it."""
+
+from __future__ import annotations
+
+import contextlib
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from topics.catalogue import Catalogue
+
+
+async def partition_counts(bootstrap: str, names: list[str]) -> dict[str, int]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        described = await admin.describe_topics(names)
+    finally:
+        await admin.close()
+    return {d["topic"]: len(d["partitions"]) for d in described if d.get("error_code", 0) == 0}
+
+
+async def create(bootstrap: str, cat: Catalogue, replication: int) -> list[str]:
+    """Create the topics that are missing; return their names. Existing ones are checked."""
+    cat.check_copartitioning()
+    existing = await partition_counts(bootstrap, [t.name for t in cat.topics])
+    missing = [t for t in cat.topics if t.name not in existing]
+    if missing:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            for t in missing:
+                with contextlib.suppress(TopicAlreadyExistsError):  # created meanwhile by another
+                    await admin.create_topics(
+                        [NewTopic(t.name, t.partitions, replication, topic_configs=dict(t.configs))]
+                    )
+        finally:
+            await admin.close()
+    await check(bootstrap, cat)
+    return [t.name for t in missing]
+
+
+async def check(bootstrap: str, cat: Catalogue) -> None:
+    """Raise if a topic is missing or co-partitioned topics disagree on partitions."""
+    actual = await partition_counts(bootstrap, [t.name for t in cat.topics])
+    missing = [t.name for t in cat.topics if t.name not in actual]
+    if missing:
+        raise LookupError(f"missing topics: {', '.join(missing)} (run `costtrace topics create`)")
+    cat.check_copartitioning(actual)

@@ -1,0 +1,144 @@
+"""Every topic costtrace uses: name, partitions, key, configs and who writes what.
+
+Producers publish the contract's plain JSON (one event per message, UTF-8),
+keyed by `account_id` with Kafka's default (murmur2) partitioner, to the topic
+of its type; nothing from this project is needed to do so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+from schemas.events import EVENT_TYPES
+
+DAY_MS: Final = 24 * 3600 * 1000
+INPUT_RETENTION: Final = {"retention.ms": str(7 * DAY_MS), "cleanup.policy": "delete"}
+ACCOUNT_GROUP: Final = "accounts"
+
+
+class CopartitionError(ValueError):
+    """Topics that must be co-partitioned do not have the same partition count."""
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    key: str
+    role: str  # input | internal | changelog | output
+    description: str
+    event_types: tuple[str, ...] = ()
+    configs: Mapping[str, str] = field(default_factory=dict)
+    copartition_group: str | None = None
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    topics: tuple[TopicSpec, ...]
+
+    def by_role(self, role: str) -> list[TopicSpec]:
+        return [t for t in self.topics if t.role == role]
+
+    def named(self, name: str) -> TopicSpec:
+        for t in self.topics:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+    @property
+    def inputs(self) -> list[str]:
+        return [t.name for t in self.by_role("input")]
+
+    def input_for(self, event_type: str) -> str:
+        for t in self.by_role("input"):
+            if event_type in t.event_types:
+                return t.name
+        raise KeyError(event_type)
+
+    @property
+    def credits(self) -> str:
+        return self.by_role("internal")[0].name
+
+    @property
+    def allocations(self) -> str:
+        return next(t.name for t in self.by_role("output") if t.name.endswith(".allocations"))
+
+    @property
+    def dead_letters(self) -> str:
+        return next(t.name for t in self.by_role("output") if t.name.endswith(".dead-letters"))
+
+    def check_copartitioning(self, actual: Mapping[str, int] | None = None) -> None:
+        """Refuse co-partitioned topics whose partition counts differ.
+
+        `actual` gives the counts found on the broker; without it, the
+        catalogue's own counts are checked.
+        """
+        groups: dict[str, dict[str, int]] = {}
+        for t in self.topics:
+            if t.copartition_group is not None:
+                count = actual.get(t.name, t.partitions) if actual is not None else t.partitions
+                groups.setdefault(t.copartition_group, {})[t.name] = count
+        for group, counts in groups.items():
+            if len(set(counts.values())) > 1:
+                listing = ", ".join(f"{n}={c}" for n, c in sorted(counts.items()))
+                raise CopartitionError(
+                    f"topics of co-partition group {group!r} must have the same partition count, "
+                    f"since one account's events must all reach the same worker: {listing}"
+                )
+
+
+def catalogue(prefix: str, partitions: int, app_id: str) -> Catalogue:
+    inputs = tuple(
+        TopicSpec(
+            name=f"{prefix}.{t.kind}",
+            partitions=partitions,
+            key="account_id",
+            role="input",
+            description=f"`{t.kind}` events from producers",
+            event_types=(t.kind,),
+            configs=INPUT_RETENTION,
+            copartition_group=ACCOUNT_GROUP,
+        )
+        for t in EVENT_TYPES
+    )
+    return Catalogue(
+        (
+            *inputs,
+            TopicSpec(
+                name=f"{prefix}.credits",
+                partitions=partitions,
+                key="to_account_id",
+                role="internal",
+                description="the receiving half of each transfer, sent to the receiver's partition",
+                configs=INPUT_RETENTION,
+                copartition_group=ACCOUNT_GROUP,
+            ),
+            TopicSpec(
+                name=f"{app_id}-state-changelog",
+                partitions=partitions,
+                key="state entry",
+                role="changelog",
+                description="the allocator's RocksDB table (per-account state), compacted",
+                configs={"cleanup.policy": "compact"},
+                copartition_group=ACCOUNT_GROUP,
+            ),
+            TopicSpec(
+                name=f"{prefix}.allocations",
+                partitions=partitions,
+                key="account_id",
+                role="output",
+                description="allocation records (JSON), read by the PostgreSQL sink",
+                configs={"retention.ms": str(30 * DAY_MS), "cleanup.policy": "delete"},
+            ),
+            TopicSpec(
+                name=f"{prefix}.dead-letters",
+                partitions=partitions,
+                key="account_id",
+                role="output",
+                description="rejected events with reason, detail, source position and payload",
+                configs={"retention.ms": str(30 * DAY_MS), "cleanup.policy": "delete"},
+            ),
+        )
+    )

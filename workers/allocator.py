@@ -1,0 +1,192 @@
+"""The allocator: input events in, the model applied, records, credits and dead letters out.
+
+Effectively once, end to end, on at-least-once delivery:
+- every event is applied with its source position, so a redelivered one gives
+  back exactly its first outputs (the model keeps them), and a sink that drops
+  record ids it holds sees each record once;
+- an event's state is written to the table before its outputs are queued,
+  through the same FIFO producer buffer, so outputs never run ahead of the
+  changelog that explains them;
+- nothing escapes the per-event handler: an unexpected error becomes a dead
+  letter (`processing_error`) and the account's state is left untouched;
+- a failed send stops the process before faust can commit past it
+  (`StopOnSendError`).
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+import msgspec
+
+from costtrace.model.allocation import Outcome, Status, apply_credit, apply_event
+from costtrace.model.state import Credit, Position, Store
+from schemas.events import Invalid, parse_event
+from schemas.records import Reason, rejection
+
+log = logging.getLogger(__name__)
+
+PROCESSING_ERROR: Final = "processing_error"
+_json = msgspec.json.Encoder()
+_credit_encoder = msgspec.msgpack.Encoder()
+_credit_decoder = msgspec.msgpack.Decoder(Credit)
+
+
+class DeadLetter(msgspec.Struct, omit_defaults=True):
+    """What the dead-letter topic carries: the rejection, why, and the original message."""
+
+    event_id: str | None
+    kind: str
+    account_id: str | None
+    reason: str
+    detail: str | None
+    topic: str
+    partition: int
+    offset: int
+    key: str | None
+    payload: str  # the original bytes: UTF-8 text, or base64 when not UTF-8
+    payload_encoding: str  # "utf-8" | "base64"
+    message_timestamp_ms: int | None
+    attempt: int
+    dead_lettered_at_ms: int
+
+
+@dataclass(frozen=True)
+class Output:
+    topic: str
+    key: bytes
+    value: bytes
+    headers: list[tuple[str, bytes]]
+
+
+@dataclass(frozen=True)
+class Message:
+    """The parts of a Kafka message the allocator uses."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    timestamp_ms: int | None
+
+
+def decode_credit(value: bytes) -> Credit:
+    return _credit_decoder.decode(value)
+
+
+def _text(raw: bytes | None) -> tuple[str | None, str]:
+    if raw is None:
+        return None, "utf-8"
+    try:
+        return raw.decode(), "utf-8"
+    except UnicodeDecodeError:
+        return base64.b64encode(raw).decode(), "base64"
+
+
+class Allocator:
+    """Turns one message into its outputs; pure but for the store and the clock of dead letters."""
+
+    def __init__(
+        self,
+        store: Store,
+        credits_topic: str,
+        allocations_topic: str,
+        dead_letters_topic: str,
+        clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+    ) -> None:
+        self.store = store
+        self.credits_topic = credits_topic
+        self.allocations_topic = allocations_topic
+        self.dead_letters_topic = dead_letters_topic
+        self.clock_ms = clock_ms
+
+    def handle(self, msg: Message) -> tuple[Outcome, list[Output]]:
+        position = Position(f"{msg.topic}:{msg.partition}", msg.offset)
+        try:
+            outcome = self._apply(msg, position)
+        except Exception as exc:  # a bug, never bad input: keep the event as a dead letter
+            log.exception("processing error at %s", position.key)
+            detail = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"
+            rej = msgspec.structs.replace(
+                rejection(None, None, Reason.INVALID_EVENT), reason=PROCESSING_ERROR
+            )
+            outcome = Outcome(Status.REJECTED, None, [], [], rej, detail)
+        return outcome, self._outputs(outcome, msg)
+
+    def _apply(self, msg: Message, position: Position) -> Outcome:
+        if msg.topic == self.credits_topic:
+            credit = decode_credit(msg.value)
+            return apply_credit(self.store, credit, position)
+        ev = parse_event(msg.value)
+        if not isinstance(ev, Invalid) and msg.key != ev.account_id.encode():
+            # state is kept on the partition of the message key: an event keyed
+            # by another account would land on the wrong worker's state
+            key, _ = _text(msg.key)
+            ev = Invalid(
+                ev.event_id,
+                ev.account_id,
+                f"message key {key!r} is not the event's account_id {ev.account_id!r}: "
+                "producers key every event by account_id",
+            )
+        return apply_event(self.store, ev, position)
+
+    def _outputs(self, outcome: Outcome, msg: Message) -> list[Output]:
+        out: list[Output] = []
+        step = str(outcome.step).encode()
+        source = f"{msg.topic}:{msg.partition}@{msg.offset}".encode()
+        for rec in outcome.records:
+            headers = [("costtrace-step", step), ("costtrace-source", source)]
+            out.append(Output(self.allocations_topic, rec.account_id.encode(), _json.encode(rec), headers))
+        for credit in outcome.credits:
+            out.append(
+                Output(self.credits_topic, credit.to_account_id.encode(), _credit_encoder.encode(credit), [])
+            )
+        rej = outcome.rejection
+        if rej is not None:
+            key_text, _ = _text(msg.key)
+            payload, encoding = _text(msg.value)
+            letter = DeadLetter(
+                rej.event_id,
+                rej.kind,
+                rej.account_id,
+                rej.reason,
+                outcome.detail,
+                msg.topic,
+                msg.partition,
+                msg.offset,
+                key_text,
+                payload or "",
+                encoding,
+                msg.timestamp_ms,
+                1,
+                self.clock_ms(),
+            )
+            key = (rej.account_id or key_text or "").encode()
+            out.append(Output(self.dead_letters_topic, key, _json.encode(letter), []))
+        return out
+
+
+class StopOnSendError:
+    """A faust sensor: a failed send stops the process at once.
+
+    faust logs a failed produce and commits anyway (faust-notes §3); an offset
+    committed past a lost record would lose it. Exiting from the send
+    future's callback runs before the commit's flush returns, so the input is
+    read again after the restart and the model gives the outputs back.
+    """
+
+    def __init__(self, exit_: Callable[[int], Any] = os._exit) -> None:
+        self._exit = exit_
+
+    def on_send_error(self, producer: Any, exc: BaseException, state: Any) -> None:
+        log.critical("send failed, stopping before any commit: %r", exc)
+        logging.shutdown()
+        self._exit(70)

@@ -1,0 +1,135 @@
+"""The faust apps: the allocator (the model on RocksDB) and the PostgreSQL sink.
+
+Run with `costtrace worker --role allocator|sink`. Both apps use faust's
+at-least-once processing; docs/fleet.md says why `exactly_once` is not used
+and how the allocator makes delivery effectively once.
+
+The allocator does not let faust send its table's changelog. faust queues
+table writes in a producer buffer whose flush gives up after 0.1 s with
+messages still queued (`ProducerBuffer.flush_atmost`), and commits offsets
+after that flush: an offset could be committed before its state or records
+left the process. Instead, for each event the agent (1) puts the state into
+the local RocksDB, (2) hands the state's changelog records to the Kafka
+client, then (3) the event's outputs, and awaits both before taking the next
+event; faust's commit then waits for the client to deliver them all. Any
+failed send stops the process before a commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import faust
+from faust.types import TP
+
+from topics.catalogue import Catalogue, catalogue
+from workers.allocator import Allocator, Message, StopOnSendError
+from workers.settings import Settings
+from workers.state import TableStore
+
+log = logging.getLogger(__name__)
+
+
+def fleet_catalogue(settings: Settings) -> Catalogue:
+    return catalogue(settings.topic_prefix, settings.partitions, settings.app_id)
+
+
+def _base_config(settings: Settings, app_id: str) -> dict[str, Any]:
+    return {
+        "id": app_id,
+        "broker": [f"kafka://{b}" for b in settings.kafka_bootstrap.split(",")],
+        "processing_guarantee": "at_least_once",
+        "topic_partitions": settings.partitions,
+        "topic_replication_factor": settings.replication,
+        # our topics come from `costtrace topics create` (the worker refuses to start
+        # without them); faust still declares its own internal assignor topic
+        "topic_allow_declare": True,
+        "broker_commit_interval": settings.commit_interval,
+        "producer_linger": settings.producer_linger,
+        "producer_acks": -1,
+        "consumer_auto_offset_reset": "earliest",
+        "broker_session_timeout": settings.session_timeout,
+        "broker_heartbeat_interval": min(3.0, settings.session_timeout / 5),
+        "broker_request_timeout": max(90.0, settings.session_timeout * 2),
+        "web_enabled": False,
+        "datadir": str(settings.state_dir),
+    }
+
+
+class _LocalTable:
+    """The `workers.state.Table` the store writes to: local RocksDB now, changelog records queued."""
+
+    def __init__(self, table: Any) -> None:
+        self.data = table.data
+        self.pending: list[tuple[bytes, bytes]] = []
+
+    def get(self, key: bytes, default: Any = None) -> Any:
+        return self.data.get(key, default)
+
+    def __setitem__(self, key: bytes, value: bytes) -> None:
+        self.data[key] = value
+        self.pending.append((key, value))
+
+
+RAW: dict[str, Any] = {
+    "key_type": bytes,
+    "value_type": bytes,
+    "key_serializer": "raw",
+    "value_serializer": "raw",
+}
+
+
+def allocator_app(settings: Settings) -> faust.App:
+    cat = fleet_catalogue(settings)
+    app = faust.App(
+        **_base_config(settings, settings.app_id),
+        store="rocksdb://",
+        table_standby_replicas=settings.standby_replicas,
+    )
+    table = app.Table("state", partitions=settings.partitions, key_type=bytes, value_type=bytes)
+    changelog = table.changelog_topic.get_topic_name()
+    source = app.topic(*cat.inputs, cat.credits, **RAW)
+    local = _LocalTable(table)
+    store = TableStore(local)
+    stop = StopOnSendError()
+    persisted: dict[int, int] = {}
+
+    def on_changelog_sent(fut: asyncio.Future[Any]) -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            stop.on_send_error(None, fut.exception() or asyncio.CancelledError(), None)
+            return
+        meta = fut.result()
+        if meta.offset > persisted.get(meta.partition, -1):
+            persisted[meta.partition] = meta.offset
+            # lets a clean restart resume recovery here instead of at offset 0
+            local.data.set_persisted_offset(TP(changelog, meta.partition), meta.offset)
+
+    def on_output_sent(fut: asyncio.Future[Any]) -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            stop.on_send_error(None, fut.exception() or asyncio.CancelledError(), None)
+
+    async def _assigned(sender: Any, *args: Any, **kwargs: Any) -> None:
+        store.forget_repairs()
+
+    app.on_partitions_assigned.connect(_assigned)  # type: ignore[arg-type]
+
+    @app.agent(source, name="allocator")
+    async def allocate(stream: faust.StreamT[bytes]) -> None:
+        allocator = Allocator(store, cat.credits, cat.allocations, cat.dead_letters)
+        async for event in stream.events():
+            m = event.message
+            msg = Message(m.topic, m.partition, m.offset, m.key, m.value, int(m.timestamp * 1000))
+            _, outputs = allocator.handle(msg)
+            producer: Any = app.producer
+            if local.pending:
+                writes, local.pending = local.pending, []
+                for key, value in writes:
+                    fut = await producer.send(changelog, key, value, m.partition, None, None)
+                    fut.add_done_callback(on_changelog_sent)
+            for out in outputs:
+                fut = await producer.send(out.topic, out.key, out.value, None, None, out.headers)
+                fut.add_done_callback(on_output_sent)
+
+    return app

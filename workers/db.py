@@ -1,0 +1,176 @@
+"""PostgreSQL: migrations (Alembic), idempotent batch writes (asyncpg), export."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import asyncpg
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS: Final = Path(__file__).parent / "migrations"
+
+RECORD_COLUMNS: Final = (
+    "record_id",
+    "event_id",
+    "kind",
+    "account_id",
+    "batch_id",
+    "budget_id",
+    "amount",
+    "order_id",
+    "refund_id",
+    "transfer_id",
+    "merchant_id",
+    "step",
+    "seq",
+    "source",
+)
+_RECORD_TYPES: Final = (
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "bigint",
+    "text",
+    "text",
+    "text",
+    "text",
+    "bigint",
+    "integer",
+    "text",
+)
+DEAD_LETTER_COLUMNS: Final = (
+    "source_topic",
+    "source_partition",
+    "source_offset",
+    "event_id",
+    "account_id",
+    "reason",
+    "detail",
+    "message_key",
+    "payload",
+    "payload_encoding",
+    "message_timestamp",
+    "attempt",
+    "dead_lettered_at",
+)
+_DEAD_LETTER_TYPES: Final = (
+    "text",
+    "integer",
+    "bigint",
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "timestamptz",
+    "integer",
+    "timestamptz",
+)
+
+
+def _insert(table: str, columns: Sequence[str], types: Sequence[str]) -> str:
+    cols = ", ".join(columns)
+    arrays = ", ".join(f"${i}::{t}[]" for i, t in enumerate(types, 1))
+    return f"INSERT INTO {table} ({cols}) SELECT * FROM unnest({arrays}) ON CONFLICT DO NOTHING"
+
+
+INSERT_RECORDS: Final = _insert("records", RECORD_COLUMNS, _RECORD_TYPES)
+INSERT_DEAD_LETTERS: Final = _insert("dead_letters", DEAD_LETTER_COLUMNS, _DEAD_LETTER_TYPES)
+
+
+def sqlalchemy_url(dsn: str) -> str:
+    for prefix in ("postgresql://", "postgres://"):
+        if dsn.startswith(prefix):
+            return "postgresql+psycopg://" + dsn[len(prefix) :]
+    return dsn
+
+
+def migrate(dsn: str) -> None:
+    """Bring the schema to the newest migration (idempotent)."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.set_main_option("sqlalchemy.url", sqlalchemy_url(dsn))
+    command.upgrade(cfg, "head")
+
+
+class Database:
+    """A pool that waits for PostgreSQL and retries writes until they commit."""
+
+    def __init__(self, dsn: str, *, max_backoff: float = 5.0) -> None:
+        self.dsn = dsn
+        self.max_backoff = max_backoff
+        self._pool: asyncpg.Pool | None = None
+        self.retries = 0
+
+    async def pool(self) -> asyncpg.Pool:
+        backoff = 0.1
+        while self._pool is None:
+            try:
+                self._pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=4, command_timeout=60)
+            except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+                log.warning("PostgreSQL not reachable (%r); retrying in %.1f s", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.max_backoff)
+        return self._pool
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def write(self, sql: str, columns: Sequence[Sequence[Any]]) -> None:
+        """Run one idempotent batch insert in a transaction, retrying until it commits."""
+        backoff = 0.1
+        while True:
+            try:
+                pool = await self.pool()
+                async with pool.acquire() as conn, conn.transaction():
+                    await conn.execute(sql, *columns)
+                return
+            except (
+                TimeoutError,
+                OSError,
+                asyncpg.PostgresConnectionError,
+                asyncpg.InterfaceError,
+                asyncpg.exceptions.CannotConnectNowError,
+            ) as exc:
+                self.retries += 1
+                log.warning("write to PostgreSQL failed (%r); retrying in %.1f s", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.max_backoff)
+
+    async def write_records(self, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            await self.write(INSERT_RECORDS, list(zip(*rows, strict=True)))
+
+    async def write_dead_letters(self, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            await self.write(INSERT_DEAD_LETTERS, list(zip(*rows, strict=True)))
+
+
+async def iter_records(dsn: str) -> AsyncIterator[asyncpg.Record]:
+    """Every persisted record, each account's in replay's order."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        async with conn.transaction():
+            query = (
+                "SELECT record_id, event_id, kind, account_id, batch_id, budget_id, amount, order_id,"
+                " refund_id, transfer_id, merchant_id FROM records ORDER BY account_id, step, seq"
+            )
+            async for row in conn.cursor(query, prefetch=5000):
+                yield row
+    finally:
+        await conn.close()

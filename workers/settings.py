@@ -1,0 +1,32 @@
+"""Fleet settings: frozen, from COSTTRACE_* environment variables; secrets stay SecretStr."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="COSTTRACE_", frozen=True)
+
+    kafka_bootstrap: str = "127.0.0.1:19092"
+    postgres_dsn: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:55432/costtrace")
+    redis_url: SecretStr = SecretStr("redis://127.0.0.1:16379/0")
+
+    topic_prefix: str = "costtrace"
+    partitions: int = 8
+    replication: int = 1
+    app_id: str = "costtrace-allocator"
+    sink_app_id: str = "costtrace-sink"
+    state_dir: Path = Path(".stack/state")
+
+    # faust tuning; see docs/fleet.md
+    commit_interval: float = 2.8
+    producer_linger: float = 0.01
+    standby_replicas: int = 1
+    session_timeout: float = 15.0
+    sink_batch: int = 2000
+    sink_within: float = 0.2
+    log_level: str = "warning"

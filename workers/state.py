@@ -1,0 +1,125 @@
+"""The model's per-account state on a faust table (RocksDB, with a changelog topic).
+
+One table holds every entry of every account on the partition, under
+`{namespace}{len(account)}:{account}{key}` (the length keeps accounts apart
+whatever characters their ids hold); values are compact msgpack.
+
+Atomic events on a non-transactional changelog: an event's writes are several
+table puts, and after a crash the changelog (or the local RocksDB) may end
+between two of them. So the account's header is written *first* and carries
+the event's other writes (its redo log); the entries follow. Any prefix of
+the writes is then either "event not applied" (header not there) or "header
+there, entries maybe not". The first time a process loads an account it
+writes the header's redo log again, which completes a cut-off event; after
+that, writes from this process are in order, so once is enough.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Generic, Protocol, TypeVar
+
+import msgspec
+
+from costtrace.model.state import (
+    VALUE_TYPES,
+    Account,
+    AccountState,
+    Namespace,
+)
+
+V = TypeVar("V")
+
+_HEADER_NS = b"h"
+_NS_BYTES = {ns: bytes([ord("0") + int(ns)]) for ns in Namespace}
+
+
+class Header(msgspec.Struct, array_like=True, gc=False):
+    account: Account
+    # (table key, value) of the other writes of the account's last event
+    redo: list[tuple[bytes, bytes]] = msgspec.field(default_factory=list)
+
+
+class Table(Protocol):
+    """What the store needs of a faust Table (bytes in, bytes out)."""
+
+    def get(self, key: bytes, default: Any = None) -> Any: ...
+
+    def __setitem__(self, key: bytes, value: bytes) -> None: ...
+
+
+def _account_prefix(account_id: str) -> bytes:
+    encoded = account_id.encode()
+    return b"%d:%s" % (len(encoded), encoded)
+
+
+_encoder = msgspec.msgpack.Encoder()
+_header_decoder = msgspec.msgpack.Decoder(Header)
+
+
+class TableEntries(Generic[V]):
+    """One namespace of one account: reads through to the table, keeps writes until commit."""
+
+    __slots__ = ("_decoder", "_prefix", "_read", "_table", "written")
+
+    def __init__(self, table: Table, prefix: bytes, decoder: msgspec.msgpack.Decoder[Any]) -> None:
+        self._table = table
+        self._prefix = prefix
+        self._decoder = decoder
+        self._read: dict[str, V | None] = {}
+        self.written: dict[str, V] = {}
+
+    def get(self, key: str) -> V | None:
+        if key in self.written:
+            return self.written[key]
+        if key in self._read:
+            return self._read[key]
+        raw = self._table.get(self._prefix + key.encode())
+        value: V | None = None if raw is None else self._decoder.decode(raw)
+        self._read[key] = value
+        return value
+
+    def __setitem__(self, key: str, value: V) -> None:
+        self.written[key] = value
+
+    def table_writes(self) -> list[tuple[bytes, bytes]]:
+        prefix = self._prefix
+        return [(prefix + k.encode(), _encoder.encode(v)) for k, v in self.written.items()]
+
+
+_decoders = {ns: msgspec.msgpack.Decoder(t) for ns, t in VALUE_TYPES.items()}
+
+
+class TableStore:
+    """`costtrace.model.state.Store` on a faust table; used inside a stream, one event at a time."""
+
+    def __init__(self, table: Table) -> None:
+        self.table = table
+        self._repaired: set[str] = set()
+
+    def forget_repairs(self) -> None:
+        """After a rebalance, recovery may have restored another worker's cut-off event."""
+        self._repaired.clear()
+
+    def account(self, account_id: str) -> AccountState:
+        prefix = _account_prefix(account_id)
+        raw = self.table.get(_HEADER_NS + prefix)
+        if raw is None:
+            head = Account()
+        else:
+            header = _header_decoder.decode(raw)
+            head = header.account
+            if account_id not in self._repaired:
+                for key, value in header.redo:
+                    self.table[key] = value
+        self._repaired.add(account_id)
+        maps = [TableEntries[Any](self.table, _NS_BYTES[ns] + prefix, _decoders[ns]) for ns in Namespace]
+        return AccountState(head, *maps)
+
+    def commit(self, account_id: str, state: AccountState) -> None:
+        writes: list[tuple[bytes, bytes]] = []
+        for entries in state.entries().values():
+            assert isinstance(entries, TableEntries)
+            writes += entries.table_writes()
+        self.table[_HEADER_NS + _account_prefix(account_id)] = _encoder.encode(Header(state.head, writes))
+        for key, value in writes:
+            self.table[key] = value
