@@ -35,15 +35,21 @@ def _stamp(at: datetime, rng: random.Random) -> str:
     return local.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def generate_events(n_events: int, n_accounts: int, seed: int = 1) -> Iterator[dict[str, Any]]:
-    """Yield `n_events` events as dicts (a few deliberately broken ones as strings in `_raw`)."""
+def generate_events(
+    n_events: int, n_accounts: int, seed: int = 1, skew: float = 2.5
+) -> Iterator[dict[str, Any]]:
+    """Yield `n_events` events as dicts (a few deliberately broken ones as strings in `_raw`).
+
+    `skew` shapes activity: account index = n * random() ** skew, so 1 is
+    uniform and larger values make a few accounts very busy.
+    """
     rng = random.Random(seed)
     accounts: dict[str, _Account] = {}
     now = _START
     last: dict[str, Any] | None = None
     for _ in range(n_events):
         now += timedelta(milliseconds=rng.randint(1, 400))
-        acct_id = f"acct-{int(n_accounts * rng.random() ** 2.5):06d}"
+        acct_id = f"acct-{int(n_accounts * rng.random() ** skew):06d}"
         acct = accounts.setdefault(acct_id, _Account())
         acct.seq += 1
         base = {"event_id": f"{acct_id}-e{acct.seq}", "account_id": acct_id}
@@ -101,7 +107,7 @@ def generate_events(n_events: int, n_accounts: int, seed: int = 1) -> Iterator[d
                 "amount": max(amount, 1),
             }
         else:
-            to = f"acct-{int(n_accounts * rng.random() ** 2.5):06d}"
+            to = f"acct-{int(n_accounts * rng.random() ** skew):06d}"
             amount = max(1, acct.balance // rng.choice((2, 3, 5))) if acct.balance > 0 else 7
             ev = {
                 **base,

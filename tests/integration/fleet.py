@@ -1,0 +1,244 @@
+"""Helpers for fleet tests on the real local stack (deploy/stack): topics, workers, drains."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import msgspec
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from topics.admin import create
+from workers.app import fleet_catalogue
+from workers.db import migrate
+from workers.publish import publish
+from workers.settings import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+_loose = msgspec.json.Decoder()
+
+
+def stack_env() -> dict[str, str]:
+    out = subprocess.run([str(REPO / "deploy" / "stack"), "env"], capture_output=True, text=True, check=True)
+    return dict(line.split("=", 1) for line in out.stdout.split())
+
+
+@dataclass
+class Fleet:
+    """One test's own topics, consumer groups, database and worker processes."""
+
+    tmp: Path
+    partitions: int = 4
+    name: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:10]}")
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        env = stack_env()
+        base_dsn = env["COSTTRACE_POSTGRES_DSN"]
+        self.admin_dsn = base_dsn
+        self.dsn = base_dsn.rsplit("/", 1)[0] + f"/{self.name}"
+        self.env = {
+            **os.environ,
+            **env,
+            "COSTTRACE_POSTGRES_DSN": self.dsn,
+            "COSTTRACE_TOPIC_PREFIX": self.name,
+            "COSTTRACE_APP_ID": f"{self.name}-allocator",
+            "COSTTRACE_SINK_APP_ID": f"{self.name}-sink",
+            "COSTTRACE_PARTITIONS": str(self.partitions),
+            "COSTTRACE_COMMIT_INTERVAL": "0.3",
+            "COSTTRACE_STANDBY_REPLICAS": "0",
+            "COSTTRACE_SESSION_TIMEOUT": "6",
+            "COSTTRACE_SINK_WITHIN": "0.1",
+            "COSTTRACE_LOG_LEVEL": "info",
+        }
+        self.settings = Settings(
+            kafka_bootstrap=env["COSTTRACE_KAFKA_BOOTSTRAP"],
+            topic_prefix=self.name,
+            app_id=f"{self.name}-allocator",
+            sink_app_id=f"{self.name}-sink",
+            partitions=self.partitions,
+        )
+        self.catalogue = fleet_catalogue(self.settings)
+
+    # -- set up ----------------------------------------------------------------
+
+    def setup(self) -> None:
+        async def make_db() -> None:
+            conn = await asyncpg.connect(self.admin_dsn)
+            try:
+                await conn.execute(f'CREATE DATABASE "{self.name}"')
+            finally:
+                await conn.close()
+
+        asyncio.run(make_db())
+        migrate(self.dsn)
+        asyncio.run(create(self.settings.kafka_bootstrap, self.catalogue, 1))
+
+    # -- workers ---------------------------------------------------------------
+
+    def start(self, name: str, role: str, state_dir: Path | None = None) -> None:
+        args = [sys.executable, "-m", "costtrace.cli", "worker", "--role", role]
+        if state_dir is not None:
+            args += ["--state-dir", str(state_dir)]
+        log = (self.tmp / f"{name}.log").open("ab")
+        self.procs[name] = subprocess.Popen(args, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+
+    def kill(self, name: str) -> None:
+        proc = self.procs.pop(name)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        self.procs.clear()
+
+    def assert_running(self) -> None:
+        for name, proc in self.procs.items():
+            assert proc.poll() is None, f"worker {name} exited with {proc.returncode}: see {self.tmp / name}.log"
+
+    # -- traffic -----------------------------------------------------------------
+
+    def publish(self, lines: list[bytes]) -> None:
+        asyncio.run(publish(self.settings.kafka_bootstrap, self.catalogue, lines))
+
+    def drain(self, timeout: float = 120.0) -> None:
+        """Wait until both groups have committed everything, credits and sink included."""
+        asyncio.run(self._drain(timeout))
+
+    async def _drain(self, timeout: float) -> None:
+        cat = self.catalogue
+        groups = {
+            self.settings.app_id: [*cat.inputs, cat.credits],
+            self.settings.sink_app_id: [cat.allocations, cat.dead_letters],
+        }
+        bootstrap = self.settings.kafka_bootstrap
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await consumer.start()
+        await admin.start()
+        deadline = time.monotonic() + timeout
+        stable = 0
+        try:
+            while time.monotonic() < deadline:
+                self.assert_running()
+                if await self._caught_up(consumer, admin, groups):
+                    stable += 1
+                    if stable >= 2:
+                        return
+                else:
+                    stable = 0
+                await asyncio.sleep(0.2)
+        finally:
+            await consumer.stop()
+            await admin.close()
+        raise TimeoutError(f"fleet {self.name} did not drain in {timeout}s; logs in {self.tmp}")
+
+    async def _caught_up(self, consumer: Any, admin: Any, groups: dict[str, list[str]]) -> bool:
+        for group, names in groups.items():
+            tps = [TopicPartition(n, p) for n in names for p in range(self.partitions)]
+            ends = await consumer.end_offsets(tps)
+            committed = await admin.list_consumer_group_offsets(group)
+            for tp in tps:
+                done = committed.get(tp)
+                if ends[tp] > 0 and (done is None or done.offset < ends[tp]):
+                    return False
+        return True
+
+    # -- results -------------------------------------------------------------------
+
+    def export(self) -> list[dict[str, Any]]:
+        out = subprocess.run(
+            [sys.executable, "-m", "costtrace.cli", "export", "-o", "-"],
+            env=self.env, capture_output=True, check=True, cwd=REPO, timeout=120,
+        )
+        return [_loose.decode(line) for line in out.stdout.splitlines()]
+
+    def dead_letters(self) -> Counter[tuple[str | None, str | None, str]]:
+        async def fetch() -> list[Any]:
+            conn = await asyncpg.connect(self.dsn)
+            try:
+                return list(await conn.fetch("SELECT event_id, account_id, reason FROM dead_letters"))
+            finally:
+                await conn.close()
+
+        return Counter((r["event_id"], r["account_id"], r["reason"]) for r in asyncio.run(fetch()))
+
+    def duplicate_count(self) -> int:
+        async def fetch() -> int:
+            conn = await asyncpg.connect(self.dsn)
+            try:
+                return int(await conn.fetchval("SELECT count(*) - count(DISTINCT record_id) FROM records"))
+            finally:
+                await conn.close()
+
+        return asyncio.run(fetch())
+
+
+def replay(lines: list[bytes]) -> tuple[dict[str, list[dict[str, Any]]], Counter[tuple[str | None, str | None, str]]]:
+    """Replay's records per account (in order) and its rejections, as the fleet should give them."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "costtrace.cli", "replay", "-", "-o", "-"],
+        input=b"\n".join(lines) + b"\n", capture_output=True, check=True, cwd=REPO, timeout=300,
+    )
+    records: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    rejections: Counter[tuple[str | None, str | None, str]] = Counter()
+    for line in proc.stdout.splitlines():
+        r = _loose.decode(line)
+        if r["kind"] == "rejected":
+            rejections[(r["event_id"], r["account_id"], r["reason"])] += 1
+        else:
+            records[r["account_id"]].append(r)
+    return records, rejections
+
+
+def by_account(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        out[r["account_id"]].append(r)
+    return out
+
+
+def phases(lines: list[bytes]) -> list[list[bytes]]:
+    """Split a log so that, within a phase, each account hears from one source only.
+
+    Topics give no order between each other, so an account that gets events
+    from two topics (or credits from two senders) in one phase could see
+    them in another order than the log's. Draining between phases makes the
+    fleet's order per account the log's.
+    """
+    out: list[list[bytes]] = [[]]
+    sources: dict[str, str] = {}
+    for line in lines:
+        touched: dict[str, str] = {}
+        try:
+            ev = _loose.decode(line)
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            ev = None
+        if isinstance(ev, dict) and isinstance(ev.get("account_id"), str):
+            acct = ev["account_id"]
+            touched[acct] = f"topic:{ev.get('type')}"
+            if ev.get("type") == "transferred" and isinstance(ev.get("to_account_id"), str):
+                touched.setdefault(ev["to_account_id"], f"credit:{acct}")
+        if any(sources.get(a, s) != s for a, s in touched.items()):
+            out.append([])
+            sources = {}
+        sources.update(touched)
+        out[-1].append(line)
+    return [p for p in out if p]
