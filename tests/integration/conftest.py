@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,14 +17,30 @@ def stack() -> None:
     subprocess.run([str(REPO / "deploy" / "stack"), "up"], check=True, timeout=600, stdout=subprocess.DEVNULL)
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.when == "call":
+        item.stash[_FAILED] = report.failed
+
+
+_FAILED = pytest.StashKey[bool]()
+
+
 @pytest.fixture
-def fleet(stack: None, tmp_path: Path) -> Iterator[Fleet]:
+def fleet(stack: None, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Fleet]:
     f = Fleet(tmp_path)
     f.setup()
     try:
         yield f
     finally:
         f.stop_all()
+        if request.node.stash.get(_FAILED, False):
+            # keep the workers' logs; the test's database stays too, named after the fleet
+            keep = REPO / ".stack" / "failed-tests" / f"{f.name}-{request.node.name}"[:120]
+            shutil.copytree(tmp_path, keep, ignore=shutil.ignore_patterns("state-*"), dirs_exist_ok=True)
+            print(f"\nfleet {f.name}: logs kept in {keep}, database {f.name}")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -92,7 +92,9 @@ class Fleet:
         if state_dir is not None:
             args += ["--state-dir", str(state_dir)]
         log = (self.tmp / f"{name}.log").open("ab")
-        self.procs[name] = subprocess.Popen(args, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        self.procs[name] = subprocess.Popen(
+            args, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO
+        )
 
     def kill(self, name: str) -> None:
         proc = self.procs.pop(name)
@@ -111,7 +113,9 @@ class Fleet:
 
     def assert_running(self) -> None:
         for name, proc in self.procs.items():
-            assert proc.poll() is None, f"worker {name} exited with {proc.returncode}: see {self.tmp / name}.log"
+            assert proc.poll() is None, (
+                f"worker {name} exited with {proc.returncode}: see {self.tmp / name}.log"
+            )
 
     # -- traffic -----------------------------------------------------------------
 
@@ -166,7 +170,11 @@ class Fleet:
     def export(self) -> list[dict[str, Any]]:
         out = subprocess.run(
             [sys.executable, "-m", "costtrace.cli", "export", "-o", "-"],
-            env=self.env, capture_output=True, check=True, cwd=REPO, timeout=120,
+            env=self.env,
+            capture_output=True,
+            check=True,
+            cwd=REPO,
+            timeout=120,
         )
         return [_loose.decode(line) for line in out.stdout.splitlines()]
 
@@ -191,11 +199,17 @@ class Fleet:
         return asyncio.run(fetch())
 
 
-def replay(lines: list[bytes]) -> tuple[dict[str, list[dict[str, Any]]], Counter[tuple[str | None, str | None, str]]]:
+def replay(
+    lines: list[bytes],
+) -> tuple[dict[str, list[dict[str, Any]]], Counter[tuple[str | None, str | None, str]]]:
     """Replay's records per account (in order) and its rejections, as the fleet should give them."""
     proc = subprocess.run(
         [sys.executable, "-m", "costtrace.cli", "replay", "-", "-o", "-"],
-        input=b"\n".join(lines) + b"\n", capture_output=True, check=True, cwd=REPO, timeout=300,
+        input=b"\n".join(lines) + b"\n",
+        capture_output=True,
+        check=True,
+        cwd=REPO,
+        timeout=300,
     )
     records: dict[str, list[dict[str, Any]]] = defaultdict(list)
     rejections: Counter[tuple[str | None, str | None, str]] = Counter()
@@ -242,3 +256,18 @@ def phases(lines: list[bytes]) -> list[list[bytes]]:
         sources.update(touched)
         out[-1].append(line)
     return [p for p in out if p]
+
+
+def differences(got: dict[str, list[dict[str, Any]]], expected: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """A readable account of how the fleet's records differ from replay's (first few)."""
+    out = []
+    for acct in sorted(set(got) | set(expected)):
+        g, e = got.get(acct, []), expected.get(acct, [])
+        if g == e:
+            continue
+        missing = [r for r in e if r not in g]
+        extra = [r for r in g if r not in e]
+        out.append(f"{acct}: {len(g)} records, replay {len(e)}; missing {missing[:3]}; extra {extra[:3]}")
+        if len(out) >= 5:
+            break
+    return out
