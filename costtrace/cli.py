@@ -94,26 +94,36 @@ def sample(n_events: int, accounts: int, seed: int, output: str) -> None:
 
 @main.command()
 @click.option(
-    "-n", "--events", "n_events", default=200_000, show_default=True, help="Events in the simulated day."
+    "-n", "--events", "n_events", default=50_000, show_default=True, help="Events in the simulated day."
 )
-@click.option("--accounts", default=20_000, show_default=True)
+@click.option("--accounts", default=5_000, show_default=True)
 @click.option("--seed", default=1, show_default=True)
+@click.option("--allocators", default=2, show_default=True, help="Allocator processes in the fleet.")
+@click.option("--offline", is_flag=True, help="Replay the simulated day instead of running the fleet.")
 @click.option("--workdir", default="out/demo", show_default=True, type=click.Path(file_okay=False))
-def demo(n_events: int, accounts: int, seed: int, workdir: str) -> None:
-    """The main job: a simulated day of traffic, traced, and finance's report.
+def demo(n_events: int, accounts: int, seed: int, allocators: int, offline: bool, workdir: str) -> None:
+    """The main job: a simulated day of traffic through the fleet, and finance's report.
 
-    Today this runs offline: it writes a generated event log, replays it and
-    reports per budget from the records.
+    Starts the local stack (deploy/stack up), creates the topics and the
+    schema, runs the allocators and a sink, publishes the day, waits until
+    every record is in PostgreSQL, and reports per budget from there, with
+    throughput and latency. --offline replays the same day without the fleet.
     """
     from pathlib import Path
+
+    root = Path(workdir)
+    root.mkdir(parents=True, exist_ok=True)
+    if not offline:
+        from workers.demo import run
+
+        run(n_events, accounts, seed, allocators, root, click.echo)
+        return
 
     from costtrace.replay import replay as run_replay
     from costtrace.report import report
     from costtrace.sample import write_log
     from schemas.records import decode_record
 
-    root = Path(workdir)
-    root.mkdir(parents=True, exist_ok=True)
     events, records = root / "events.jsonl", root / "records.jsonl"
     click.echo(f"generating {n_events:,} events over {accounts:,} accounts -> {events}")
     write_log(str(events), n_events, accounts, seed)

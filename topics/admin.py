@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -36,7 +37,15 @@ async def create(bootstrap: str, cat: Catalogue, replication: int) -> list[str]:
                     )
         finally:
             await admin.close()
-    await check(bootstrap, cat)
+    # new topics take a moment to appear in every broker's metadata
+    for _ in range(50):
+        try:
+            await check(bootstrap, cat)
+            break
+        except LookupError:
+            await asyncio.sleep(0.2)
+    else:
+        await check(bootstrap, cat)
     return [t.name for t in missing]
 
 

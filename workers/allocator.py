@@ -140,10 +140,13 @@ class Allocator:
 
     def _outputs(self, outcome: Outcome, msg: Message) -> list[Output]:
         out: list[Output] = []
-        step = str(outcome.step).encode()
         source = f"{msg.topic}:{msg.partition}@{msg.offset}".encode()
+        headers = [
+            ("costtrace-step", str(outcome.step).encode()),
+            ("costtrace-source", source),
+            ("costtrace-received-ms", str(msg.timestamp_ms or "").encode()),
+        ]
         for rec in outcome.records:
-            headers = [("costtrace-step", step), ("costtrace-source", source)]
             out.append(Output(self.allocations_topic, rec.account_id.encode(), _json.encode(rec), headers))
         for credit in outcome.credits:
             out.append(

@@ -14,78 +14,30 @@ log = logging.getLogger(__name__)
 
 MIGRATIONS: Final = Path(__file__).parent / "migrations"
 
+# (column, PostgreSQL type) in the order the sink builds its rows
 RECORD_COLUMNS: Final = (
-    "record_id",
-    "event_id",
-    "kind",
-    "account_id",
-    "batch_id",
-    "budget_id",
-    "amount",
-    "order_id",
-    "refund_id",
-    "transfer_id",
-    "merchant_id",
-    "step",
-    "seq",
-    "source",
-)
-_RECORD_TYPES: Final = (
-    "text",
-    "text",
-    "text",
-    "text",
-    "text",
-    "text",
-    "bigint",
-    "text",
-    "text",
-    "text",
-    "text",
-    "bigint",
-    "integer",
-    "text",
-)
+    ("record_id", "text"), ("event_id", "text"), ("kind", "text"), ("account_id", "text"),
+    ("batch_id", "text"), ("budget_id", "text"), ("amount", "bigint"), ("order_id", "text"),
+    ("refund_id", "text"), ("transfer_id", "text"), ("merchant_id", "text"), ("step", "bigint"),
+    ("seq", "integer"), ("source", "text"), ("received_at", "timestamptz"),
+)  # fmt: skip
 DEAD_LETTER_COLUMNS: Final = (
-    "source_topic",
-    "source_partition",
-    "source_offset",
-    "event_id",
-    "account_id",
-    "reason",
-    "detail",
-    "message_key",
-    "payload",
-    "payload_encoding",
-    "message_timestamp",
-    "attempt",
-    "dead_lettered_at",
-)
-_DEAD_LETTER_TYPES: Final = (
-    "text",
-    "integer",
-    "bigint",
-    "text",
-    "text",
-    "text",
-    "text",
-    "text",
-    "text",
-    "text",
-    "timestamptz",
-    "integer",
-    "timestamptz",
-)
+    ("source_topic", "text"), ("source_partition", "integer"), ("source_offset", "bigint"),
+    ("event_id", "text"), ("account_id", "text"), ("reason", "text"), ("detail", "text"),
+    ("message_key", "text"), ("payload", "text"), ("payload_encoding", "text"),
+    ("message_timestamp", "timestamptz"), ("attempt", "integer"), ("dead_lettered_at", "timestamptz"),
+)  # fmt: skip
 
 
-def _insert(table: str, columns: Sequence[str], types: Sequence[str]) -> str:
-    cols = ", ".join(columns)
-    arrays = ", ".join(f"${i}::{t}[]" for i, t in enumerate(types, 1))
+def _insert(table: str, columns: Sequence[tuple[str, str]]) -> str:
+    """One round trip per batch: each column as an array, unnested; rows already held are dropped."""
+    cols = ", ".join(name for name, _ in columns)
+    arrays = ", ".join(f"${i}::{kind}[]" for i, (_, kind) in enumerate(columns, 1))
     return f"INSERT INTO {table} ({cols}) SELECT * FROM unnest({arrays}) ON CONFLICT DO NOTHING"
 
 
-INSERT_RECORDS: Final = _insert("records", RECORD_COLUMNS, _RECORD_TYPES)
-INSERT_DEAD_LETTERS: Final = _insert("dead_letters", DEAD_LETTER_COLUMNS, _DEAD_LETTER_TYPES)
+INSERT_RECORDS: Final = _insert("records", RECORD_COLUMNS)
+INSERT_DEAD_LETTERS: Final = _insert("dead_letters", DEAD_LETTER_COLUMNS)
 
 
 def sqlalchemy_url(dsn: str) -> str:

@@ -37,29 +37,21 @@ def _headers(message: Any) -> dict[str, bytes]:
     return {k: v for k, v in (message.headers or [])}
 
 
-def record_row(value: bytes, headers: dict[str, bytes]) -> tuple[Any, ...]:
-    r = _record.decode(value)
-    seq = int(r.record_id.rsplit("-", 1)[1])
-    return (
-        r.record_id,
-        r.event_id,
-        r.kind,
-        r.account_id,
-        r.batch_id,
-        r.budget_id,
-        r.amount,
-        r.order_id,
-        r.refund_id,
-        r.transfer_id,
-        r.merchant_id,
-        int(headers["costtrace-step"]),
-        seq,
-        headers["costtrace-source"].decode(),
-    )
-
-
 def _at(ms: int | None) -> datetime | None:
     return None if ms is None else datetime.fromtimestamp(ms / 1000, UTC)
+
+
+def record_row(value: bytes, headers: dict[str, bytes]) -> tuple[Any, ...]:
+    """A record message as a `records` row (columns of workers.db.RECORD_COLUMNS)."""
+    r = _record.decode(value)
+    seq = int(r.record_id.rsplit("-", 1)[1])
+    received = headers.get("costtrace-received-ms")
+    return (
+        r.record_id, r.event_id, r.kind, r.account_id, r.batch_id, r.budget_id, r.amount,
+        r.order_id, r.refund_id, r.transfer_id, r.merchant_id,
+        int(headers["costtrace-step"]), seq, headers["costtrace-source"].decode(),
+        _at(int(received)) if received else None,
+    )  # fmt: skip
 
 
 def dead_letter_row(value: bytes) -> tuple[Any, ...]:

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -16,12 +15,11 @@ from typing import Any
 
 import asyncpg
 import msgspec
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
 from topics.admin import create
 from workers.app import fleet_catalogue
 from workers.db import migrate
+from workers.ops import wait_drained
 from workers.publish import publish
 from workers.settings import Settings
 
@@ -124,46 +122,13 @@ class Fleet:
 
     def drain(self, timeout: float = 120.0) -> None:
         """Wait until both groups have committed everything, credits and sink included."""
-        asyncio.run(self._drain(timeout))
-
-    async def _drain(self, timeout: float) -> None:
-        cat = self.catalogue
-        groups = {
-            self.settings.app_id: [*cat.inputs, cat.credits],
-            self.settings.sink_app_id: [cat.allocations, cat.dead_letters],
-        }
-        bootstrap = self.settings.kafka_bootstrap
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-        await consumer.start()
-        await admin.start()
-        deadline = time.monotonic() + timeout
-        stable = 0
-        try:
-            while time.monotonic() < deadline:
-                self.assert_running()
-                if await self._caught_up(consumer, admin, groups):
-                    stable += 1
-                    if stable >= 2:
-                        return
-                else:
-                    stable = 0
-                await asyncio.sleep(0.2)
-        finally:
-            await consumer.stop()
-            await admin.close()
-        raise TimeoutError(f"fleet {self.name} did not drain in {timeout}s; logs in {self.tmp}")
-
-    async def _caught_up(self, consumer: Any, admin: Any, groups: dict[str, list[str]]) -> bool:
-        for group, names in groups.items():
-            tps = [TopicPartition(n, p) for n in names for p in range(self.partitions)]
-            ends = await consumer.end_offsets(tps)
-            committed = await admin.list_consumer_group_offsets(group)
-            for tp in tps:
-                done = committed.get(tp)
-                if ends[tp] > 0 and (done is None or done.offset < ends[tp]):
-                    return False
-        return True
+        st = self.settings
+        asyncio.run(
+            wait_drained(
+                st.kafka_bootstrap, self.catalogue, st.app_id, st.sink_app_id, self.partitions, timeout,
+                check=self.assert_running,
+            )
+        )  # fmt: skip
 
     # -- results -------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ def upgrade() -> None:
             step         bigint NOT NULL,  -- the account's step: (step, seq) is replay's order
             seq          integer NOT NULL,
             source       text NOT NULL,    -- topic:partition@offset the event was read at
+            received_at  timestamptz,      -- the input message's Kafka timestamp
             persisted_at timestamptz NOT NULL DEFAULT now()
         );
         CREATE INDEX records_by_account ON records (account_id, step, seq);

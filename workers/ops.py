@@ -1,0 +1,119 @@
+"""Operations on a running fleet: wait until it has caught up; finance's report from PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from costtrace.report import BudgetLine, Report
+from topics.catalogue import Catalogue
+
+
+async def caught_up(
+    bootstrap: str,
+    groups: dict[str, list[str]],
+    partitions: int,
+    consumer: AIOKafkaConsumer,
+    admin: AIOKafkaAdminClient,
+) -> bool:
+    for group, names in groups.items():
+        tps = [TopicPartition(n, p) for n in names for p in range(partitions)]
+        ends = await consumer.end_offsets(tps)
+        committed = await admin.list_consumer_group_offsets(group)
+        for tp in tps:
+            done = committed.get(tp)
+            if ends[tp] > 0 and (done is None or done.offset < ends[tp]):
+                return False
+    return True
+
+
+async def wait_drained(
+    bootstrap: str,
+    cat: Catalogue,
+    allocator_group: str,
+    sink_group: str,
+    partitions: int,
+    timeout: float,
+    check: Callable[[], None] = lambda: None,
+) -> None:
+    """Wait until the allocators and the sink have committed everything, credits included.
+
+    `check` runs between polls (tests use it to fail fast on a dead worker).
+    """
+    groups = {allocator_group: [*cat.inputs, cat.credits], sink_group: [cat.allocations, cat.dead_letters]}
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await consumer.start()
+    await admin.start()
+    deadline = time.monotonic() + timeout
+    stable = 0
+    try:
+        while time.monotonic() < deadline:
+            check()
+            if await caught_up(bootstrap, groups, partitions, consumer, admin):
+                stable += 1
+                if stable >= 2:  # twice in a row: credits made meanwhile are seen
+                    return
+            else:
+                stable = 0
+            await asyncio.sleep(0.2)
+    finally:
+        await consumer.stop()
+        await admin.close()
+    raise TimeoutError(f"the fleet did not catch up within {timeout:.0f} s")
+
+
+@dataclass
+class Latency:
+    p50_ms: float
+    p99_ms: float
+    records: int
+
+
+async def report(dsn: str) -> tuple[Report, Latency | None]:
+    """Per budget (as costtrace.report defines the columns), rejections, and end-to-end latency."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            """
+            SELECT budget_id,
+                   coalesce(sum(amount) FILTER (WHERE kind IN ('issue', 'open')), 0) AS issued,
+                   coalesce(-sum(amount) FILTER (WHERE kind IN ('consume', 'trueup')), 0) AS consumed,
+                   coalesce(sum(amount) FILTER (WHERE kind = 'refund'), 0) AS refunded,
+                   coalesce(sum(amount) FILTER (WHERE kind IN ('transfer_in', 'transfer_out')), 0) AS moved
+            FROM records WHERE batch_id <> 'SUSPENSE' GROUP BY budget_id
+            """
+        )
+        debt = await conn.fetchval("SELECT coalesce(sum(debt), 0) FROM debt")
+        reasons = await conn.fetch("SELECT reason, count(*) AS n FROM dead_letters GROUP BY reason")
+        n_records = await conn.fetchval("SELECT count(*) FROM records")
+        lat = await conn.fetchrow(
+            """
+            SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms) AS p50,
+                   percentile_cont(0.99) WITHIN GROUP (ORDER BY ms) AS p99, count(*) AS n
+            FROM (SELECT extract(epoch FROM persisted_at - received_at) * 1000 AS ms
+                  FROM records WHERE received_at IS NOT NULL) t
+            """
+        )
+    finally:
+        await conn.close()
+    rep = Report(
+        budgets={
+            r["budget_id"]: BudgetLine(
+                int(r["issued"]), int(r["consumed"]), int(r["refunded"]), int(r["moved"])
+            )
+            for r in rows
+        },
+        debt=int(debt),
+        rejections=Counter({r["reason"]: r["n"] for r in reasons}),
+        records=int(n_records),
+    )
+    latency = Latency(float(lat["p50"]), float(lat["p99"]), int(lat["n"])) if lat and lat["n"] else None
+    return rep, latency
