@@ -251,6 +251,7 @@ def worker(role: str, state_dir: str | None, loglevel: str | None) -> None:
         asyncio.run(check(settings.kafka_bootstrap, fleet_catalogue(settings)))
     except (LookupError, ValueError) as exc:
         raise click.ClickException(f"refusing to start: {exc}") from exc
+    settings.state_dir.mkdir(parents=True, exist_ok=True)  # faust's data dir, for every role
     if role == "allocator":
         prepare_state_dir(settings.state_dir)
         app = allocator_app(settings)
