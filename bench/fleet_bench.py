@@ -1,0 +1,183 @@
+"""Fleet speed: events/s from a backlog to committed rows, and latency at a steady rate.
+
+Measured side by side in one run, on the same pre-produced backlog:
+- `bare aiokafka consumer`: reading the input topics, nothing else;
+- `faust agent, iterate only`: the same topics through a faust agent;
+- `allocator + sink`: one allocator process (effectively once: RocksDB state,
+  changelog, outputs) and the sink, first to last committed row in PostgreSQL.
+Then a steady rate (half the allocator's) for end-to-end latency, Kafka
+timestamp to committed row, p50 and p99. Ratios are what to quote.
+
+    python -m bench.fleet_bench [--events N] [--accounts N] [--partitions P]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer
+from pydantic import SecretStr
+
+from costtrace.sample import encode_event, generate_events
+from topics.admin import create
+from workers.app import fleet_catalogue
+from workers.db import migrate
+from workers.demo import stack_up
+from workers.ops import wait_drained
+from workers.publish import publish
+from workers.settings import Settings
+
+
+async def bare_consumer(bootstrap: str, topics: list[str], n: int, group: str) -> float:
+    consumer = AIOKafkaConsumer(
+        *topics, bootstrap_servers=bootstrap, group_id=group, auto_offset_reset="earliest",
+        enable_auto_commit=False, max_partition_fetch_bytes=4 << 20,
+    )  # fmt: skip
+    await consumer.start()
+    seen, first = 0, 0.0
+    try:
+        while seen < n:
+            batch = await consumer.getmany(timeout_ms=1000, max_records=10_000)
+            for records in batch.values():
+                if records and not first:
+                    first = time.perf_counter()
+                seen += len(records)
+    finally:
+        await consumer.stop()
+    return n / (time.perf_counter() - first)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="fleet throughput and latency")
+    ap.add_argument("--events", type=int, default=60_000)
+    ap.add_argument("--accounts", type=int, default=6_000)
+    ap.add_argument("--partitions", type=int, default=8)
+    ap.add_argument("--latency-seconds", type=float, default=20.0)
+    args = ap.parse_args()
+
+    env = stack_up()
+    name = f"bench{time.strftime('%Y%m%d%H%M%S')}"
+    dsn = env["COSTTRACE_POSTGRES_DSN"].rsplit("/", 1)[0] + f"/{name}"
+    settings = Settings(
+        kafka_bootstrap=env["COSTTRACE_KAFKA_BOOTSTRAP"], postgres_dsn=SecretStr(dsn), topic_prefix=name,
+        app_id=f"{name}-allocator", sink_app_id=f"{name}-sink", partitions=args.partitions,
+        standby_replicas=0,
+    )  # fmt: skip
+    cat = fleet_catalogue(settings)
+
+    async def setup() -> None:
+        conn = await asyncpg.connect(env["COSTTRACE_POSTGRES_DSN"])
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+        await create(settings.kafka_bootstrap, cat, 1)
+
+    asyncio.run(setup())
+    migrate(dsn)
+    lines = [encode_event(e) for e in generate_events(args.events, args.accounts, seed=2, skew=1.0)]
+    t = time.perf_counter()
+    asyncio.run(publish(settings.kafka_bootstrap, cat, lines))
+    produce_rate = len(lines) / (time.perf_counter() - t)
+
+    worker_env = {
+        **os.environ, **env, "COSTTRACE_POSTGRES_DSN": dsn, "COSTTRACE_TOPIC_PREFIX": name,
+        "COSTTRACE_APP_ID": settings.app_id, "COSTTRACE_SINK_APP_ID": settings.sink_app_id,
+        "COSTTRACE_PARTITIONS": str(args.partitions), "COSTTRACE_STANDBY_REPLICAS": "0",
+        "BENCH_EVENTS": str(len(lines)),
+    }  # fmt: skip
+
+    bare = asyncio.run(bare_consumer(settings.kafka_bootstrap, cat.inputs, len(lines), f"{name}-bare"))
+
+    it = subprocess.Popen(
+        [sys.executable, "-m", "bench.iterate_app"], env=worker_env, stdout=subprocess.PIPE, text=True
+    )
+    assert it.stdout is not None
+    first = float(it.stdout.readline().split()[1])
+    done = float(it.stdout.readline().split()[1])
+    it.send_signal(signal.SIGTERM)
+    it.wait(timeout=60)
+    iterate = len(lines) / (done - first)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "costtrace.cli", "worker", "--role", role,
+                 "--state-dir", str(Path(tmp) / role)],
+                env=worker_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+            for role in ("allocator", "sink")
+        ]  # fmt: skip
+        try:
+            asyncio.run(wait_drained(settings.kafka_bootstrap, cat, settings.app_id, settings.sink_app_id,
+                                     args.partitions, timeout=3600))  # fmt: skip
+
+            async def span() -> tuple[float, int]:
+                conn = await asyncpg.connect(dsn)
+                try:
+                    row = await conn.fetchrow(
+                        "SELECT extract(epoch FROM max(persisted_at) - min(persisted_at)) AS s, count(*) AS n"
+                        " FROM records"
+                    )
+                    return float(row["s"]), int(row["n"])
+                finally:
+                    await conn.close()
+
+            seconds, n_records = asyncio.run(span())
+            allocator = len(lines) / seconds
+
+            # steady rate, half of what the allocator sustained, for latency
+            rate = allocator / 2
+            extra = [
+                encode_event(e) for e in generate_events(int(rate * args.latency_seconds), args.accounts, 9)
+            ]
+            extra = [
+                line.replace(b'"acct-', b'"lat-') for line in extra
+            ]  # new ids: no repeats of the backlog
+            since = time.time()
+            asyncio.run(publish(settings.kafka_bootstrap, cat, extra, rate))
+            asyncio.run(wait_drained(settings.kafka_bootstrap, cat, settings.app_id, settings.sink_app_id,
+                                     args.partitions, timeout=600))  # fmt: skip
+
+            async def latency() -> tuple[float, float, int]:
+                conn = await asyncpg.connect(dsn)
+                try:
+                    row = await conn.fetchrow(
+                        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms) AS p50,"
+                        " percentile_cont(0.99) WITHIN GROUP (ORDER BY ms) AS p99, count(*) AS n FROM"
+                        " (SELECT extract(epoch FROM persisted_at - received_at) * 1000 AS ms FROM records"
+                        "  WHERE received_at >= to_timestamp($1)) t",
+                        since,
+                    )
+                    return float(row["p50"]), float(row["p99"]), int(row["n"])
+                finally:
+                    await conn.close()
+
+            p50, p99, n_lat = asyncio.run(latency())
+        finally:
+            for p in procs:
+                p.send_signal(signal.SIGTERM)
+            for p in procs:
+                p.wait(timeout=60)
+
+    print(f"backlog: {len(lines):,} events over {args.accounts:,} accounts, {args.partitions} partitions"
+          f" (produced at {produce_rate:,.0f}/s); {n_records:,} records")  # fmt: skip
+    print(f"{'':36s}{'events/s':>10s}{'x allocator':>13s}")
+    for label, r in (("bare aiokafka consumer", bare), ("faust agent, iterate only", iterate),
+                     ("allocator + sink, to committed rows", allocator)):  # fmt: skip
+        print(f"{label:36s}{r:10,.0f}{r / allocator:13.2f}")
+    print(f"latency at {rate:,.0f} events/s ({n_lat:,} records): p50 {p50:,.0f} ms, p99 {p99:,.0f} ms")
+    print("goal: 5,000 events/s and at least half the iterating agent's rate")
+
+
+if __name__ == "__main__":
+    main()
