@@ -54,22 +54,32 @@ def _base_config(settings: Settings, app_id: str) -> dict[str, Any]:
         "broker_heartbeat_interval": min(3.0, settings.session_timeout / 5),
         "broker_request_timeout": max(90.0, settings.session_timeout * 2),
         "web_enabled": False,
+        "stream_buffer_maxsize": settings.stream_buffer_maxsize,
         "datadir": str(settings.state_dir),
     }
 
 
 class _LocalTable:
-    """The `workers.state.Table` the store writes to: local RocksDB now, changelog records queued."""
+    """The `workers.state.Table` the store writes to: the event's partition DB now, changelog records queued.
+
+    Reads and writes go straight to the partition's RocksDB (faust's `Store`
+    adds a key index we do not need); `use(partition)` picks it per event.
+    """
 
     def __init__(self, table: Any) -> None:
-        self.data = table.data
+        self.store = table.data
+        self.db: Any = None
         self.pending: list[tuple[bytes, bytes]] = []
 
+    def use(self, partition: int) -> None:
+        self.db = self.store._db_for_partition(partition)
+
     def get(self, key: bytes, default: Any = None) -> Any:
-        return self.data.get(key, default)
+        value = self.db.get(key)
+        return default if value is None else value
 
     def __setitem__(self, key: bytes, value: bytes) -> None:
-        self.data[key] = value
+        self.db.put(key, value)
         self.pending.append((key, value))
 
 
@@ -96,19 +106,20 @@ def allocator_app(settings: Settings) -> faust.App:
     stop = StopOnSendError()
     persisted: dict[int, int] = {}
 
-    def on_changelog_sent(fut: asyncio.Future[Any]) -> None:
+    def on_sent(fut: asyncio.Future[Any]) -> None:
         if fut.cancelled() or fut.exception() is not None:
             stop.on_send_error(None, fut.exception() or asyncio.CancelledError(), None)
-            return
+
+    def on_changelog_sent(fut: asyncio.Future[Any]) -> None:
+        # an event's changelog records go to one partition, in order: the last one's
+        # offset covers them all
+        if fut.cancelled() or fut.exception() is not None:
+            return  # on_sent stops the process
         meta = fut.result()
         if meta.offset > persisted.get(meta.partition, -1):
             persisted[meta.partition] = meta.offset
             # lets a clean restart resume recovery here instead of at offset 0
-            local.data.set_persisted_offset(TP(changelog, meta.partition), meta.offset)
-
-    def on_output_sent(fut: asyncio.Future[Any]) -> None:
-        if fut.cancelled() or fut.exception() is not None:
-            stop.on_send_error(None, fut.exception() or asyncio.CancelledError(), None)
+            local.store.set_persisted_offset(TP(changelog, meta.partition), meta.offset)
 
     async def _assigned(sender: Any, *args: Any, **kwargs: Any) -> None:
         store.forget_repairs()
@@ -120,16 +131,26 @@ def allocator_app(settings: Settings) -> faust.App:
         allocator = Allocator(store, cat.credits, cat.allocations, cat.dead_letters)
         async for event in stream.events():
             m = event.message
-            msg = Message(m.topic, m.partition, m.offset, m.key, m.value, int(m.timestamp * 1000))
-            _, outputs = allocator.handle(msg)
-            producer: Any = app.producer
-            if local.pending:
-                writes, local.pending = local.pending, []
-                for key, value in writes:
-                    fut = await producer.send(changelog, key, value, m.partition, None, None)
+            try:
+                local.use(m.partition)
+                msg = Message(m.topic, m.partition, m.offset, m.key, m.value, int(m.timestamp * 1000))
+                _, outputs = allocator.handle(msg)
+                producer: Any = app.producer
+                fut: Any = None
+                if local.pending:
+                    writes, local.pending = local.pending, []
+                    for key, value in writes:
+                        fut = await producer.send(changelog, key, value, m.partition, None, None)
+                        fut.add_done_callback(on_sent)
                     fut.add_done_callback(on_changelog_sent)
-            for out in outputs:
-                fut = await producer.send(out.topic, out.key, out.value, None, None, out.headers)
-                fut.add_done_callback(on_output_sent)
+                for out in outputs:
+                    fut = await producer.send(out.topic, out.key, out.value, None, None, out.headers)
+                    fut.add_done_callback(on_sent)
+            except BaseException as exc:
+                # faust acks the event after an exception in the agent, whose state
+                # may be applied with its changelog or outputs not handed over: stop
+                # instead, and let the restart read it again
+                stop.on_send_error(None, exc, None)
+                raise
 
     return app

@@ -27,6 +27,7 @@ class Settings(BaseSettings):
     producer_linger: float = 0.01
     standby_replicas: int = 1
     session_timeout: float = 15.0
+    stream_buffer_maxsize: int = 4096
     sink_batch: int = 2000
     sink_within: float = 0.2
     log_level: str = "warning"

@@ -40,6 +40,8 @@ class Fleet:
     partitions: int = 4
     name: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:10]}")
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    specs: dict[str, tuple[str, Path | None]] = field(default_factory=dict)
+    stalls: int = 0
 
     def __post_init__(self) -> None:
         env = stack_env()
@@ -86,6 +88,7 @@ class Fleet:
     # -- workers ---------------------------------------------------------------
 
     def start(self, name: str, role: str, state_dir: Path | None = None) -> None:
+        self.specs[name] = (role, state_dir)
         args = [sys.executable, "-m", "costtrace.cli", "worker", "--role", role]
         if state_dir is not None:
             args += ["--state-dir", str(state_dir)]
@@ -120,8 +123,28 @@ class Fleet:
     def publish(self, lines: list[bytes]) -> None:
         asyncio.run(publish(self.settings.kafka_bootstrap, self.catalogue, lines))
 
-    def drain(self, timeout: float = 120.0) -> None:
-        """Wait until both groups have committed everything, credits and sink included."""
+    def drain(self, timeout: float = 90.0) -> None:
+        """Wait until both groups have committed everything, credits and sink included.
+
+        faust sometimes stops committing one partition after a restart although
+        it processes it (docs/fleet.md, "Open problems"); a rebalance clears
+        it. So once per drain, a timeout restarts the allocators cleanly and
+        waits again; `stalls` counts it, and the records must still be replay's.
+        """
+        try:
+            self._wait(timeout)
+        except TimeoutError:
+            self.stalls += 1
+            print(f"\nfleet {self.name}: commits stalled; restarting the allocators once", file=sys.stderr)
+            for name, (role, state_dir) in list(self.specs.items()):
+                if role == "allocator" and name in self.procs:
+                    proc = self.procs.pop(name)
+                    proc.send_signal(signal.SIGTERM)
+                    proc.wait(timeout=60)
+                    self.start(name, role, state_dir)
+            self._wait(timeout)
+
+    def _wait(self, timeout: float) -> None:
         st = self.settings
         asyncio.run(
             wait_drained(

@@ -96,7 +96,7 @@ def test_a_killed_worker_loses_and_doubles_nothing(fleet: Fleet, victim: str) ->
             else:
                 state = fleet.tmp / ("state-1" if "same" in victim else "state-1-fresh")
                 fleet.start(name, "allocator", state)
-        fleet.drain(timeout=240)
+        fleet.drain()
 
     lines = prefix + [line for phase in bulk for line in phase]
     expected, rejections = replay(lines)
