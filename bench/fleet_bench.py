@@ -93,20 +93,28 @@ def main() -> None:
         **os.environ, **env, "COSTTRACE_POSTGRES_DSN": dsn, "COSTTRACE_TOPIC_PREFIX": name,
         "COSTTRACE_APP_ID": settings.app_id, "COSTTRACE_SINK_APP_ID": settings.sink_app_id,
         "COSTTRACE_PARTITIONS": str(args.partitions), "COSTTRACE_STANDBY_REPLICAS": "0",
-        "BENCH_EVENTS": str(len(lines)),
     }  # fmt: skip
 
     bare = asyncio.run(bare_consumer(settings.kafka_bootstrap, cat.inputs, len(lines), f"{name}-bare"))
 
-    it = subprocess.Popen(
-        [sys.executable, "-m", "bench.iterate_app"], env=worker_env, stdout=subprocess.PIPE, text=True
-    )
+    it_args = [sys.executable, "-m", "bench.iterate_app"]
+    it = subprocess.Popen(it_args, env=worker_env, stdout=subprocess.PIPE, text=True)
     assert it.stdout is not None
-    first = float(it.stdout.readline().split()[1])
-    done = float(it.stdout.readline().split()[1])
+    first_t, last_t, last_n, changed = 0.0, 0.0, 0, time.monotonic()
+    for line in it.stdout:  # "seen <wall time of last event> <count>", about once a second
+        _, t_s, n_s = line.split()
+        t_, n_ = float(t_s), int(n_s)
+        if n_ == 1 and not first_t:
+            first_t = t_
+        if n_ > last_n:
+            last_t, last_n, changed = t_, n_, time.monotonic()
+        if last_n >= len(lines) or time.monotonic() - changed > 15:
+            break
     it.send_signal(signal.SIGTERM)
     it.wait(timeout=60)
-    iterate = len(lines) / (done - first)
+    iterate = (last_n - 1) / (last_t - first_t) if last_t > first_t else 0.0
+    if last_n < len(lines):
+        print(f"note: the iterating agent saw {last_n:,} of {len(lines):,} events before going quiet")
 
     with tempfile.TemporaryDirectory() as tmp:
         procs = [
