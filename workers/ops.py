@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -11,9 +12,12 @@ from dataclasses import dataclass
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
 from costtrace.report import BudgetLine, Report
 from topics.catalogue import Catalogue
+
+log = logging.getLogger(__name__)
 
 
 async def caught_up(
@@ -57,7 +61,12 @@ async def wait_drained(
     try:
         while time.monotonic() < deadline:
             check()
-            if await caught_up(bootstrap, groups, partitions, consumer, admin):
+            try:
+                done = await caught_up(bootstrap, groups, partitions, consumer, admin)
+            except KafkaError as exc:  # e.g. no group coordinator yet on a fresh broker
+                log.info("not caught up yet: %r", exc)
+                done = False
+            if done:
                 stable += 1
                 if stable >= 2:  # twice in a row: credits made meanwhile are seen
                     return
