@@ -25,16 +25,12 @@ from pathlib import Path
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer
-from pydantic import SecretStr
 
 from costtrace.sample import encode_event, generate_events
-from topics.admin import create
 from workers.app import fleet_catalogue
-from workers.db import migrate
 from workers.demo import stack_up
-from workers.ops import wait_drained
+from workers.ops import prepare_run, wait_drained
 from workers.publish import publish
-from workers.settings import Settings
 
 
 async def bare_consumer(bootstrap: str, topics: list[str], n: int, group: str) -> float:
@@ -66,34 +62,14 @@ def main() -> None:
 
     env = stack_up()
     name = f"bench{time.strftime('%Y%m%d%H%M%S')}"
-    dsn = env["COSTTRACE_POSTGRES_DSN"].rsplit("/", 1)[0] + f"/{name}"
-    settings = Settings(
-        kafka_bootstrap=env["COSTTRACE_KAFKA_BOOTSTRAP"], postgres_dsn=SecretStr(dsn), topic_prefix=name,
-        app_id=f"{name}-allocator", sink_app_id=f"{name}-sink", partitions=args.partitions,
-        standby_replicas=0,
-    )  # fmt: skip
-    cat = fleet_catalogue(settings)
-
-    async def setup() -> None:
-        conn = await asyncpg.connect(env["COSTTRACE_POSTGRES_DSN"])
-        try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await conn.close()
-        await create(settings.kafka_bootstrap, cat, 1)
-
-    asyncio.run(setup())
-    migrate(dsn)
+    run = prepare_run(env, name, partitions=args.partitions)
+    settings, dsn, cat = run.settings, run.dsn, fleet_catalogue(run.settings)
     lines = [encode_event(e) for e in generate_events(args.events, args.accounts, seed=2, skew=1.0)]
     t = time.perf_counter()
     asyncio.run(publish(settings.kafka_bootstrap, cat, lines))
     produce_rate = len(lines) / (time.perf_counter() - t)
 
-    worker_env = {
-        **os.environ, **env, "COSTTRACE_POSTGRES_DSN": dsn, "COSTTRACE_TOPIC_PREFIX": name,
-        "COSTTRACE_APP_ID": settings.app_id, "COSTTRACE_SINK_APP_ID": settings.sink_app_id,
-        "COSTTRACE_PARTITIONS": str(args.partitions), "COSTTRACE_STANDBY_REPLICAS": "0",
-    }  # fmt: skip
+    worker_env = {**os.environ, **run.env}
 
     bare = asyncio.run(bare_consumer(settings.kafka_bootstrap, cat.inputs, len(lines), f"{name}-bare"))
 

@@ -11,16 +11,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import asyncpg
-from pydantic import SecretStr
-
 from costtrace.sample import encode_event, generate_events
-from topics.admin import create
 from workers.app import fleet_catalogue
-from workers.db import migrate
-from workers.ops import report, wait_drained
+from workers.ops import prepare_run, report, wait_drained
 from workers.publish import publish
-from workers.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,29 +31,10 @@ def run(
     say("starting the stack (Kafka, PostgreSQL, Redis) on 127.0.0.1 ...")
     env = stack_up()
     name = f"demo{time.strftime('%Y%m%d%H%M%S')}"
-    dsn = env["COSTTRACE_POSTGRES_DSN"].rsplit("/", 1)[0] + f"/{name}"
-    settings = Settings(
-        kafka_bootstrap=env["COSTTRACE_KAFKA_BOOTSTRAP"], postgres_dsn=SecretStr(dsn), topic_prefix=name,
-        app_id=f"{name}-allocator", sink_app_id=f"{name}-sink", standby_replicas=0,
-    )  # fmt: skip
-    cat = fleet_catalogue(settings)
-
-    async def make_db() -> None:
-        conn = await asyncpg.connect(env["COSTTRACE_POSTGRES_DSN"])
-        try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await conn.close()
-
-    asyncio.run(make_db())
-    migrate(dsn)
-    asyncio.run(create(settings.kafka_bootstrap, cat, settings.replication))
+    run_ = prepare_run(env, name)
+    settings, dsn, cat = run_.settings, run_.dsn, fleet_catalogue(run_.settings)
     say(f"run {name}: {len(cat.topics)} topics and database {name}; {allocators} allocator(s) and a sink")
-    worker_env = {
-        **os.environ, **env,
-        "COSTTRACE_POSTGRES_DSN": dsn, "COSTTRACE_TOPIC_PREFIX": name, "COSTTRACE_APP_ID": settings.app_id,
-        "COSTTRACE_SINK_APP_ID": settings.sink_app_id, "COSTTRACE_STANDBY_REPLICAS": "0",
-    }  # fmt: skip
+    worker_env = {**os.environ, **run_.env}
     logs = workdir / name
     logs.mkdir(parents=True, exist_ok=True)
     procs = []

@@ -8,14 +8,20 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
+from pydantic import SecretStr
 
 from costtrace.report import BudgetLine, Report
+from topics.admin import create
 from topics.catalogue import Catalogue
+from workers.app import fleet_catalogue
+from workers.db import migrate
+from workers.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -126,3 +132,45 @@ async def report(dsn: str) -> tuple[Report, Latency | None]:
     )
     latency = Latency(float(lat["p50"]), float(lat["p99"]), int(lat["n"])) if lat and lat["n"] else None
     return rep, latency
+
+
+@dataclass(frozen=True)
+class Run:
+    """A fleet run of its own: topics, consumer groups and a database, all named `name`."""
+
+    name: str
+    settings: Settings
+    env: dict[str, str]  # COSTTRACE_* settings for its worker processes
+
+    @property
+    def dsn(self) -> str:
+        return self.settings.postgres_dsn.get_secret_value()
+
+
+async def _create_database(admin_dsn: str, name: str) -> None:
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+
+
+def prepare_run(stack_env: dict[str, str], name: str, partitions: int = 8, **settings: Any) -> Run:
+    """Create the run's database (migrated) and topics on the stack that `stack_env` describes."""
+    admin_dsn = stack_env["COSTTRACE_POSTGRES_DSN"]
+    dsn = admin_dsn.rsplit("/", 1)[0] + f"/{name}"
+    st = Settings(
+        kafka_bootstrap=stack_env["COSTTRACE_KAFKA_BOOTSTRAP"], postgres_dsn=SecretStr(dsn),
+        topic_prefix=name, app_id=f"{name}-allocator", sink_app_id=f"{name}-sink", partitions=partitions,
+        standby_replicas=0,
+        **settings,
+    )  # fmt: skip
+    asyncio.run(_create_database(admin_dsn, name))
+    migrate(dsn)
+    asyncio.run(create(st.kafka_bootstrap, fleet_catalogue(st), st.replication))
+    env = {
+        **stack_env, "COSTTRACE_POSTGRES_DSN": dsn, "COSTTRACE_TOPIC_PREFIX": name,
+        "COSTTRACE_APP_ID": st.app_id, "COSTTRACE_SINK_APP_ID": st.sink_app_id,
+        "COSTTRACE_PARTITIONS": str(partitions), "COSTTRACE_STANDBY_REPLICAS": "0",
+    }  # fmt: skip
+    return Run(name, st, env)

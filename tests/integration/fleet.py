@@ -16,10 +16,9 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from topics.admin import create
+from topics.catalogue import Catalogue
 from workers.app import fleet_catalogue
-from workers.db import migrate
-from workers.ops import wait_drained
+from workers.ops import prepare_run, wait_drained
 from workers.publish import publish
 from workers.settings import Settings
 
@@ -40,50 +39,23 @@ class Fleet:
     partitions: int = 4
     name: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:10]}")
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    settings: Settings = field(init=False)
+    catalogue: Catalogue = field(init=False)
+    env: dict[str, str] = field(init=False)
+    dsn: str = field(init=False)
     specs: dict[str, tuple[str, Path | None]] = field(default_factory=dict)
     stalls: int = 0
 
-    def __post_init__(self) -> None:
-        env = stack_env()
-        base_dsn = env["COSTTRACE_POSTGRES_DSN"]
-        self.admin_dsn = base_dsn
-        self.dsn = base_dsn.rsplit("/", 1)[0] + f"/{self.name}"
-        self.env = {
-            **os.environ,
-            **env,
-            "COSTTRACE_POSTGRES_DSN": self.dsn,
-            "COSTTRACE_TOPIC_PREFIX": self.name,
-            "COSTTRACE_APP_ID": f"{self.name}-allocator",
-            "COSTTRACE_SINK_APP_ID": f"{self.name}-sink",
-            "COSTTRACE_PARTITIONS": str(self.partitions),
-            "COSTTRACE_COMMIT_INTERVAL": "0.3",
-            "COSTTRACE_STANDBY_REPLICAS": "0",
-            "COSTTRACE_SESSION_TIMEOUT": "6",
-            "COSTTRACE_SINK_WITHIN": "0.1",
-            "COSTTRACE_LOG_LEVEL": "info",
-        }
-        self.settings = Settings(
-            kafka_bootstrap=env["COSTTRACE_KAFKA_BOOTSTRAP"],
-            topic_prefix=self.name,
-            app_id=f"{self.name}-allocator",
-            sink_app_id=f"{self.name}-sink",
-            partitions=self.partitions,
-        )
-        self.catalogue = fleet_catalogue(self.settings)
-
-    # -- set up ----------------------------------------------------------------
-
     def setup(self) -> None:
-        async def make_db() -> None:
-            conn = await asyncpg.connect(self.admin_dsn)
-            try:
-                await conn.execute(f'CREATE DATABASE "{self.name}"')
-            finally:
-                await conn.close()
-
-        asyncio.run(make_db())
-        migrate(self.dsn)
-        asyncio.run(create(self.settings.kafka_bootstrap, self.catalogue, 1))
+        """The test's own database (migrated) and topics, and its workers' settings."""
+        run = prepare_run(stack_env(), self.name, partitions=self.partitions)
+        self.settings, self.dsn = run.settings, run.dsn
+        self.catalogue = fleet_catalogue(run.settings)
+        self.env = {
+            **os.environ, **run.env,
+            "COSTTRACE_COMMIT_INTERVAL": "0.3", "COSTTRACE_SESSION_TIMEOUT": "6",
+            "COSTTRACE_SINK_WITHIN": "0.1", "COSTTRACE_LOG_LEVEL": "info",
+        }  # fmt: skip
 
     # -- workers ---------------------------------------------------------------
 
