@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,12 +52,19 @@ async def wait_drained(
     partitions: int,
     timeout: float,
     check: Callable[[], None] = lambda: None,
+    done_when: Callable[[AIOKafkaConsumer, AIOKafkaAdminClient], Awaitable[bool]] | None = None,
 ) -> None:
     """Wait until the allocators and the sink have committed everything, credits included.
 
-    `check` runs between polls (tests use it to fail fast on a dead worker).
+    `check` runs between polls (tests use it to fail fast on a dead worker);
+    `done_when` replaces the "everything committed" rule.
     """
     groups = {allocator_group: [*cat.inputs, cat.credits], sink_group: [cat.allocations, cat.dead_letters]}
+
+    async def committed(consumer: AIOKafkaConsumer, admin: AIOKafkaAdminClient) -> bool:
+        return await caught_up(bootstrap, groups, partitions, consumer, admin)
+
+    predicate = done_when or committed
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await consumer.start()
@@ -68,7 +75,7 @@ async def wait_drained(
         while time.monotonic() < deadline:
             check()
             try:
-                done = await caught_up(bootstrap, groups, partitions, consumer, admin)
+                done = await predicate(consumer, admin)
             except KafkaError as exc:  # e.g. no group coordinator yet on a fresh broker
                 log.info("not caught up yet: %r", exc)
                 done = False

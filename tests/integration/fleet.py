@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -16,13 +15,11 @@ from typing import Any
 
 import asyncpg
 import msgspec
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
+from aiokafka import TopicPartition
 
 from topics.catalogue import Catalogue
 from workers.app import fleet_catalogue
-from workers.ops import prepare_run
+from workers.ops import prepare_run, wait_drained
 from workers.publish import publish
 from workers.settings import Settings
 
@@ -111,27 +108,14 @@ class Fleet:
 
     async def _drain(self, timeout: float) -> None:
         st, cat = self.settings, self.catalogue
-        consumer = AIOKafkaConsumer(bootstrap_servers=st.kafka_bootstrap)
-        admin = AIOKafkaAdminClient(bootstrap_servers=st.kafka_bootstrap)
-        await consumer.start()
-        await admin.start()
-        deadline = time.monotonic() + timeout
-        stable = 0
-        try:
-            while time.monotonic() < deadline:
-                self.assert_running()
-                try:
-                    done = await self._done(consumer, admin, cat)
-                except KafkaError:
-                    done = False
-                stable = stable + 1 if done else 0
-                if stable >= 2:
-                    return
-                await asyncio.sleep(0.3)
-        finally:
-            await consumer.stop()
-            await admin.close()
-        raise TimeoutError(f"fleet {self.name} did not drain in {timeout}s; logs in {self.tmp}")
+
+        async def done(consumer: Any, admin: Any) -> bool:
+            return await self._done(consumer, admin, cat)
+
+        await wait_drained(
+            st.kafka_bootstrap, cat, st.app_id, st.sink_app_id, self.partitions, timeout,
+            check=self.assert_running, done_when=done,
+        )  # fmt: skip
 
     async def _done(self, consumer: Any, admin: Any, cat: Catalogue) -> bool:
         sink_tps = [
