@@ -29,7 +29,7 @@ import msgspec
 from costtrace.model.allocation import Outcome, Status, apply_credit, apply_event
 from costtrace.model.state import Credit, Position, Store
 from schemas.events import Invalid, parse_event
-from schemas.records import Reason, rejection
+from schemas.records import Kind, Rejection
 
 log = logging.getLogger(__name__)
 
@@ -115,9 +115,7 @@ class Allocator:
         except Exception as exc:  # a bug, never bad input: keep the event as a dead letter
             log.exception("processing error at %s", position.key)
             detail = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"
-            rej = msgspec.structs.replace(
-                rejection(None, None, Reason.INVALID_EVENT), reason=PROCESSING_ERROR
-            )
+            rej = Rejection(None, Kind.REJECTED.value, None, PROCESSING_ERROR)
             outcome = Outcome(Status.REJECTED, None, [], [], rej, detail)
         return outcome, self._outputs(outcome, msg)
 
@@ -178,7 +176,7 @@ class Allocator:
 
 
 class StopOnSendError:
-    """A faust sensor: a failed send stops the process at once.
+    """A failed send stops the process at once.
 
     faust logs a failed produce and commits anyway (faust-notes §3); an offset
     committed past a lost record would lose it. Exiting from the send
@@ -189,7 +187,7 @@ class StopOnSendError:
     def __init__(self, exit_: Callable[[int], Any] = os._exit) -> None:
         self._exit = exit_
 
-    def on_send_error(self, producer: Any, exc: BaseException, state: Any) -> None:
+    def __call__(self, exc: BaseException) -> None:
         log.critical("send failed, stopping before any commit: %r", exc)
         logging.shutdown()
         self._exit(70)

@@ -108,7 +108,7 @@ def allocator_app(settings: Settings) -> faust.App:
 
     def on_sent(fut: asyncio.Future[Any]) -> None:
         if fut.cancelled() or fut.exception() is not None:
-            stop.on_send_error(None, fut.exception() or asyncio.CancelledError(), None)
+            stop(fut.exception() or asyncio.CancelledError())
 
     def on_changelog_sent(fut: asyncio.Future[Any]) -> None:
         # an event's changelog records go to one partition, in order: the last one's
@@ -150,7 +150,7 @@ def allocator_app(settings: Settings) -> faust.App:
                 # faust acks the event after an exception in the agent, whose state
                 # may be applied with its changelog or outputs not handed over: stop
                 # instead, and let the restart read it again
-                stop.on_send_error(None, exc, None)
+                stop(exc)
                 raise
 
     return app

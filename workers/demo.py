@@ -19,10 +19,15 @@ from workers.publish import publish
 REPO = Path(__file__).resolve().parents[1]
 
 
-def stack_up() -> dict[str, str]:
-    subprocess.run([str(REPO / "deploy" / "stack"), "up"], check=True, stdout=subprocess.DEVNULL)
+def stack_env() -> dict[str, str]:
+    """The COSTTRACE_* connection settings of the local stack (`deploy/stack env`)."""
     out = subprocess.run([str(REPO / "deploy" / "stack"), "env"], capture_output=True, text=True, check=True)
     return dict(line.split("=", 1) for line in out.stdout.split())
+
+
+def stack_up() -> dict[str, str]:
+    subprocess.run([str(REPO / "deploy" / "stack"), "up"], check=True, stdout=subprocess.DEVNULL)
+    return stack_env()
 
 
 def run(

@@ -27,7 +27,6 @@ log = logging.getLogger(__name__)
 
 
 async def caught_up(
-    bootstrap: str,
     groups: dict[str, list[str]],
     partitions: int,
     consumer: AIOKafkaConsumer,
@@ -62,7 +61,7 @@ async def wait_drained(
     groups = {allocator_group: [*cat.inputs, cat.credits], sink_group: [cat.allocations, cat.dead_letters]}
 
     async def committed(consumer: AIOKafkaConsumer, admin: AIOKafkaAdminClient) -> bool:
-        return await caught_up(bootstrap, groups, partitions, consumer, admin)
+        return await caught_up(groups, partitions, consumer, admin)
 
     predicate = done_when or committed
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)

@@ -20,12 +20,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import msgspec
 
-from costtrace.model.state import (
-    VALUE_TYPES,
-    Account,
-    AccountState,
-    Namespace,
-)
+from costtrace.model.state import Account, AccountState, Namespace, decode_value, encode_value
 
 V = TypeVar("V")
 
@@ -52,19 +47,18 @@ def _account_prefix(account_id: str) -> bytes:
     return b"%d:%s" % (len(encoded), encoded)
 
 
-_encoder = msgspec.msgpack.Encoder()
 _header_decoder = msgspec.msgpack.Decoder(Header)
 
 
 class TableEntries(Generic[V]):
     """One namespace of one account: reads through to the table, keeps writes until commit."""
 
-    __slots__ = ("_decoder", "_prefix", "_read", "_table", "written")
+    __slots__ = ("_ns", "_prefix", "_read", "_table", "written")
 
-    def __init__(self, table: Table, prefix: bytes, decoder: msgspec.msgpack.Decoder[Any]) -> None:
+    def __init__(self, table: Table, prefix: bytes, ns: Namespace) -> None:
         self._table = table
         self._prefix = prefix
-        self._decoder = decoder
+        self._ns = ns
         self._read: dict[str, V | None] = {}
         self.written: dict[str, V] = {}
 
@@ -74,7 +68,7 @@ class TableEntries(Generic[V]):
         if key in self._read:
             return self._read[key]
         raw = self._table.get(self._prefix + key.encode())
-        value: V | None = None if raw is None else self._decoder.decode(raw)
+        value: V | None = None if raw is None else decode_value(self._ns, raw)
         self._read[key] = value
         return value
 
@@ -83,10 +77,7 @@ class TableEntries(Generic[V]):
 
     def table_writes(self) -> list[tuple[bytes, bytes]]:
         prefix = self._prefix
-        return [(prefix + k.encode(), _encoder.encode(v)) for k, v in self.written.items()]
-
-
-_decoders = {ns: msgspec.msgpack.Decoder(t) for ns, t in VALUE_TYPES.items()}
+        return [(prefix + k.encode(), encode_value(v)) for k, v in self.written.items()]
 
 
 class TableStore:
@@ -112,7 +103,7 @@ class TableStore:
                 for key, value in header.redo:
                     self.table[key] = value
         self._repaired.add(account_id)
-        maps = [TableEntries[Any](self.table, _NS_BYTES[ns] + prefix, _decoders[ns]) for ns in Namespace]
+        maps = [TableEntries[Any](self.table, _NS_BYTES[ns] + prefix, ns) for ns in Namespace]
         return AccountState(head, *maps)
 
     def commit(self, account_id: str, state: AccountState) -> None:
@@ -120,6 +111,6 @@ class TableStore:
         for entries in state.entries().values():
             assert isinstance(entries, TableEntries)
             writes += entries.table_writes()
-        self.table[_HEADER_NS + _account_prefix(account_id)] = _encoder.encode(Header(state.head, writes))
+        self.table[_HEADER_NS + _account_prefix(account_id)] = encode_value(Header(state.head, writes))
         for key, value in writes:
             self.table[key] = value

@@ -19,17 +19,13 @@ from aiokafka import TopicPartition
 
 from topics.catalogue import Catalogue
 from workers.app import fleet_catalogue
+from workers.demo import stack_env
 from workers.ops import prepare_run, wait_drained
 from workers.publish import publish
 from workers.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 _loose = msgspec.json.Decoder()
-
-
-def stack_env() -> dict[str, str]:
-    out = subprocess.run([str(REPO / "deploy" / "stack"), "env"], capture_output=True, text=True, check=True)
-    return dict(line.split("=", 1) for line in out.stdout.split())
 
 
 @dataclass
@@ -177,16 +173,6 @@ class Fleet:
                 await conn.close()
 
         return Counter((r["event_id"], r["account_id"], r["reason"]) for r in asyncio.run(fetch()))
-
-    def duplicate_count(self) -> int:
-        async def fetch() -> int:
-            conn = await asyncpg.connect(self.dsn)
-            try:
-                return int(await conn.fetchval("SELECT count(*) - count(DISTINCT record_id) FROM records"))
-            finally:
-                await conn.close()
-
-        return asyncio.run(fetch())
 
 
 def replay(
