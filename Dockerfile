@@ -1,11 +1,15 @@
-# costtrace worker image. Multi-stage: wheels are built in the first stage,
-# the runtime stage has only the interpreter, the wheels and the code.
-# Not built in CI yet: this workplace has no Docker engine (issue 5 owns it).
+# costtrace worker image (docs/operations.md). Multi-stage: wheels are built
+# in the first stage; the runtime stage holds the interpreter, the installed
+# wheels and nothing else (no pip, no sources, no build tools).
+# Pin the base by digest in your registry mirror too, e.g.
+#   --build-arg PYTHON=python:3.11.11-slim-bookworm@sha256:<digest>
+# This workplace has no Docker engine: the image is not built in CI here
+# (tests/deploy/test_dockerfile.py checks the file and builds its wheels).
 ARG PYTHON=python:3.11.11-slim-bookworm
 
 FROM ${PYTHON} AS build
 WORKDIR /src
-RUN pip install --no-cache-dir --upgrade pip build
+RUN pip install --no-cache-dir --upgrade "pip>=24" "setuptools>=69"
 COPY pyproject.toml README.md ./
 COPY costtrace costtrace
 COPY schemas schemas
@@ -13,13 +17,24 @@ COPY topics topics
 COPY workers workers
 RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[fleet]"
 
-FROM ${PYTHON}
-RUN useradd --create-home --uid 10001 costtrace \
-    && mkdir -p /var/lib/costtrace && chown costtrace /var/lib/costtrace
-COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir /wheels/* && rm -rf /wheels
-USER costtrace
-ENV COSTTRACE_STATE_DIR=/var/lib/costtrace/state
+FROM ${PYTHON} AS runtime
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    COSTTRACE_STATE_DIR=/var/lib/costtrace/state \
+    COSTTRACE_HTTP_HOST=0.0.0.0 \
+    COSTTRACE_HTTP_PORT=9400
+RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
+    pip install --no-cache-dir --no-index /wheels/*.whl \
+    && pip uninstall -y pip setuptools wheel \
+    && useradd --no-create-home --uid 10001 --user-group --shell /usr/sbin/nologin costtrace \
+    && mkdir -p /var/lib/costtrace \
+    && chown costtrace:costtrace /var/lib/costtrace
+USER 10001:10001
+WORKDIR /var/lib/costtrace
 VOLUME ["/var/lib/costtrace"]
+EXPOSE 9400
+# /livez: the worker's event loop answers and its app has not crashed
+HEALTHCHECK --interval=15s --timeout=3s --start-period=60s --retries=4 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('COSTTRACE_HTTP_PORT', '9400') + '/livez', timeout=2)"]
 ENTRYPOINT ["costtrace"]
 CMD ["worker", "--role", "allocator"]

@@ -28,7 +28,7 @@ import msgspec
 
 from costtrace.model.allocation import Outcome, Status, apply_credit, apply_event
 from costtrace.model.state import Credit, Position, Store
-from schemas.events import Invalid, parse_event
+from schemas.events import EVENT_TYPES, Event, Invalid, parse_event
 from schemas.records import Kind, Rejection
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,7 @@ PROCESSING_ERROR: Final = "processing_error"
 _json = msgspec.json.Encoder()
 _credit_encoder = msgspec.msgpack.Encoder()
 _credit_decoder = msgspec.msgpack.Decoder(Credit)
+_TYPE_NAMES: Final = {cls: str(cls.__struct_config__.tag) for cls in EVENT_TYPES}
 
 
 class DeadLetter(msgspec.Struct, omit_defaults=True):
@@ -64,6 +65,16 @@ class Output:
     key: bytes
     value: bytes
     headers: list[tuple[str, bytes]]
+
+
+@dataclass(frozen=True)
+class Handled:
+    """What one message gave: the model's outcome, what to send, and what metrics count."""
+
+    outcome: Outcome
+    outputs: list[Output]
+    event_type: str  # the contract's type, "credit", or "invalid"
+    occurred_ms: int | None  # the event's own time, when it has a valid one
 
 
 @dataclass(frozen=True)
@@ -108,22 +119,26 @@ class Allocator:
         self.dead_letters_topic = dead_letters_topic
         self.clock_ms = clock_ms
 
-    def handle(self, msg: Message) -> tuple[Outcome, list[Output]]:
+    def handle(self, msg: Message) -> Handled:
         position = Position(f"{msg.topic}:{msg.partition}", msg.offset)
+        event_type, occurred_ms = "invalid", None
         try:
-            outcome = self._apply(msg, position)
+            if msg.topic == self.credits_topic:
+                event_type = "credit"
+                outcome = apply_credit(self.store, decode_credit(msg.value), position)
+            else:
+                ev = parse_event(msg.value)
+                if not isinstance(ev, Invalid):
+                    event_type, occurred_ms = _TYPE_NAMES[type(ev)], ev.occurred_ns // 1_000_000
+                outcome = self._apply(msg, ev, position)
         except Exception as exc:  # a bug, never bad input: keep the event as a dead letter
             log.exception("processing error at %s", position.key)
             detail = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"
             rej = Rejection(None, Kind.REJECTED.value, None, PROCESSING_ERROR)
             outcome = Outcome(Status.REJECTED, None, [], [], rej, detail)
-        return outcome, self._outputs(outcome, msg)
+        return Handled(outcome, self._outputs(outcome, msg, occurred_ms), event_type, occurred_ms)
 
-    def _apply(self, msg: Message, position: Position) -> Outcome:
-        if msg.topic == self.credits_topic:
-            credit = decode_credit(msg.value)
-            return apply_credit(self.store, credit, position)
-        ev = parse_event(msg.value)
+    def _apply(self, msg: Message, ev: Event | Invalid, position: Position) -> Outcome:
         if not isinstance(ev, Invalid) and msg.key != ev.account_id.encode():
             # state is kept on the partition of the message key: an event keyed
             # by another account would land on the wrong worker's state
@@ -136,13 +151,14 @@ class Allocator:
             )
         return apply_event(self.store, ev, position)
 
-    def _outputs(self, outcome: Outcome, msg: Message) -> list[Output]:
+    def _outputs(self, outcome: Outcome, msg: Message, occurred_ms: int | None) -> list[Output]:
         out: list[Output] = []
         source = f"{msg.topic}:{msg.partition}@{msg.offset}".encode()
         headers = [
             ("costtrace-step", str(outcome.step).encode()),
             ("costtrace-source", source),
             ("costtrace-received-ms", str(msg.timestamp_ms or "").encode()),
+            ("costtrace-occurred-ms", str("" if occurred_ms is None else occurred_ms).encode()),
         ]
         for rec in outcome.records:
             out.append(Output(self.allocations_topic, rec.account_id.encode(), _json.encode(rec), headers))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import faust
@@ -26,8 +27,9 @@ from faust.types import TP
 
 from topics.catalogue import Catalogue, catalogue
 from workers.allocator import Allocator, Message, StopOnSendError
+from workers.metrics import Health, Metrics, lag_of, serve
 from workers.settings import Settings
-from workers.state import TableStore
+from workers.state import AccountsHeld, TableStore
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +85,101 @@ class _LocalTable:
         self.pending.append((key, value))
 
 
+class SeekBeforeStreaming:
+    """Stream partitions start fetching only once faust has sought them to their committed offsets.
+
+    faust's recovery resumes the stream partitions and *then* awaits
+    `perform_seek` (`Recovery.on_recovery_completed`, `_resume_streams`).
+    Events handled in between are acked and their offsets taken out of
+    faust's ack list by a commit; the seek then puts back the committed offset
+    it read before that, and the partition, whose next acked offset is now
+    far above it, never commits again (seen on the broker after an allocator
+    kill: docs/fleet.md). Here the resume of stream partitions waits for the
+    seek. Those two calls are the only places faust resumes them.
+    """
+
+    def __init__(self, consumer: Any, is_changelog: Callable[[TP], bool]) -> None:
+        self._consumer = consumer
+        self._is_changelog = is_changelog
+        self._resume = consumer.resume_partitions
+        self._seek = consumer.perform_seek
+        self.deferred: set[TP] = set()
+        consumer.resume_partitions = self.resume_partitions
+        consumer.perform_seek = self.perform_seek
+
+    def resume_partitions(self, tps: Any) -> None:
+        tps = set(tps)
+        streams = {tp for tp in tps if not self._is_changelog(tp)}
+        self.deferred |= streams
+        if tps - streams:
+            self._resume(tps - streams)
+
+    async def perform_seek(self) -> None:
+        try:
+            await self._seek()
+        finally:
+            deferred, self.deferred = self.deferred & self._consumer.assignment(), set()
+            if deferred:
+                self._resume(deferred)
+
+
+def seek_before_streaming(app: faust.App) -> None:
+    """Wrap the consumer faust creates (lazily, on its own loop) for this app."""
+    new_consumer = app._new_consumer
+
+    def _new_consumer() -> Any:
+        consumer = new_consumer()
+        SeekBeforeStreaming(consumer, lambda tp: tp.topic in app.tables.changelog_topics)
+        return consumer
+
+    app._new_consumer = _new_consumer  # type: ignore[method-assign]
+
+
+def observe(
+    app: faust.App,
+    settings: Settings,
+    role: str,
+    group: str,
+    topics: set[str],
+    ready: Callable[[], str | None],
+) -> Metrics:
+    """Serve the worker's metrics and health, and keep its lag and rebalance metrics current."""
+    metrics = Metrics()
+    metrics.info.labels(role, group).set(1)
+    joined = asyncio.Event()
+
+    def alive() -> str | None:
+        if app.crashed:
+            return f"crashed: {app.crash_reason!r}"
+        return "stopping" if app.should_stop else None
+
+    def ready_once_joined() -> str | None:
+        if not joined.is_set():
+            return "not yet joined its consumer group"
+        return "rebalancing" if app.rebalancing else ready()
+
+    async def _assigned(sender: Any, *args: Any, **kwargs: Any) -> None:
+        metrics.rebalances.labels(group).inc()
+        joined.set()
+
+    app.on_partitions_assigned.connect(_assigned)  # type: ignore[arg-type]
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def _serve() -> None:
+        await serve(metrics, Health(alive, ready_once_joined), settings.http_host, settings.http_port)
+
+    @app.timer(5.0)  # type: ignore[untyped-decorator]
+    async def _lag() -> None:
+        consumer: Any = app.consumer
+        tps = [tp for tp in consumer.assignment() if tp.topic in topics]
+        high = {(tp.topic, tp.partition): consumer.highwater(tp) for tp in tps}
+        # faust's own record of this member's committed offsets (set at assignment and at each commit)
+        done = {(tp.topic, tp.partition): consumer._committed_offset.get(tp) for tp in tps}
+        metrics.set_lag(group, lag_of(high, done))
+
+    return metrics
+
+
 RAW: dict[str, Any] = {
     "key_type": bytes,
     "value_type": bytes,
@@ -99,12 +196,22 @@ def allocator_app(settings: Settings) -> faust.App:
         table_standby_replicas=settings.standby_replicas,
     )
     table = app.Table("state", partitions=settings.partitions, key_type=bytes, value_type=bytes)
+    seek_before_streaming(app)
     changelog = table.changelog_topic.get_topic_name()
     source = app.topic(*cat.inputs, cat.credits, **RAW)
     local = _LocalTable(table)
     store = TableStore(local)
     stop = StopOnSendError()
     persisted: dict[int, int] = {}
+
+    def ready() -> str | None:
+        tables: Any = app.tables
+        if app.in_recovery or not tables.recovery.completed.is_set():
+            return "recovering tables"
+        return None
+
+    metrics = observe(app, settings, "allocator", settings.app_id, {*cat.inputs, cat.credits}, ready)
+    held = AccountsHeld(local.store)
 
     def on_sent(fut: asyncio.Future[Any]) -> None:
         if fut.cancelled() or fut.exception() is not None:
@@ -123,6 +230,12 @@ def allocator_app(settings: Settings) -> faust.App:
 
     async def _assigned(sender: Any, *args: Any, **kwargs: Any) -> None:
         store.forget_repairs()
+        held.forget()
+
+    @app.timer(15.0)  # type: ignore[untyped-decorator]
+    async def _accounts() -> None:
+        partitions = {tp.partition for tp in app.consumer.assignment() if tp.topic in cat.inputs}
+        metrics.accounts.set(held.count(partitions))
 
     app.on_partitions_assigned.connect(_assigned)  # type: ignore[arg-type]
 
@@ -134,7 +247,12 @@ def allocator_app(settings: Settings) -> faust.App:
             try:
                 local.use(m.partition)
                 msg = Message(m.topic, m.partition, m.offset, m.key, m.value, int(m.timestamp * 1000))
-                _, outputs = allocator.handle(msg)
+                created = store.created
+                handled = allocator.handle(msg)
+                metrics.count(handled)
+                if store.created != created:
+                    held.created(m.partition)
+                outputs = handled.outputs
                 producer: Any = app.producer
                 fut: Any = None
                 if local.pending:

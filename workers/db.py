@@ -104,6 +104,10 @@ class Database:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.max_backoff)
 
+    async def debt_outstanding(self) -> int:
+        pool = await self.pool()
+        return int(await pool.fetchval("SELECT coalesce(sum(debt), 0) FROM debt"))
+
     async def write_records(self, rows: Sequence[Sequence[Any]]) -> None:
         if rows:
             await self.write(INSERT_RECORDS, list(zip(*rows, strict=True)))

@@ -44,12 +44,15 @@ def run(
     logs.mkdir(parents=True, exist_ok=True)
     procs = []
     roles = [("allocator", i) for i in range(allocators)] + [("sink", 0)]
-    for role, i in roles:
+    for n, (role, i) in enumerate(roles):
         args = [sys.executable, "-m", "costtrace.cli", "worker", "--role", role]
         if role == "allocator":
             args += ["--state-dir", str(logs / f"state-{i}")]
         out = (logs / f"{role}-{i}.log").open("ab")
-        procs.append(subprocess.Popen(args, env=worker_env, stdout=out, stderr=subprocess.STDOUT))
+        port = str(settings.http_port + n)
+        env_n = {**worker_env, "COSTTRACE_HTTP_PORT": port}
+        procs.append(subprocess.Popen(args, env=env_n, stdout=out, stderr=subprocess.STDOUT))
+        say(f"  {role}-{i}: metrics on http://{settings.http_host}:{port}/metrics")
     try:
         lines = [encode_event(e) for e in generate_events(n_events, accounts, seed)]
         say(f"publishing a simulated day: {len(lines):,} events over {accounts:,} accounts")

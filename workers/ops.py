@@ -178,5 +178,7 @@ def prepare_run(stack_env: dict[str, str], name: str, partitions: int = 8, **set
         **stack_env, "COSTTRACE_POSTGRES_DSN": dsn, "COSTTRACE_TOPIC_PREFIX": name,
         "COSTTRACE_APP_ID": st.app_id, "COSTTRACE_SINK_APP_ID": st.sink_app_id,
         "COSTTRACE_PARTITIONS": str(partitions), "COSTTRACE_STANDBY_REPLICAS": "0",
+        # several workers of a run share this host: each takes a free port unless told one
+        "COSTTRACE_HTTP_PORT": "0",
     }  # fmt: skip
     return Run(name, st, env)

@@ -31,3 +31,7 @@ class Settings(BaseSettings):
     sink_batch: int = 2000
     sink_within: float = 0.2
     log_level: str = "warning"
+
+    # /metrics, /livez and /readyz (workers.metrics); in a container: 0.0.0.0
+    http_host: str = "127.0.0.1"
+    http_port: int = 9400

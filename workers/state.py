@@ -86,6 +86,8 @@ class TableStore:
     def __init__(self, table: Table) -> None:
         self.table = table
         self._repaired: set[str] = set()
+        self.created = 0  # accounts whose first header this store wrote (for the accounts-held metric)
+        self._new: str | None = None
 
     def forget_repairs(self) -> None:
         """After a rebalance, recovery may have restored another worker's cut-off event."""
@@ -94,6 +96,7 @@ class TableStore:
     def account(self, account_id: str) -> AccountState:
         prefix = _account_prefix(account_id)
         raw = self.table.get(_HEADER_NS + prefix)
+        self._new = account_id if raw is None else None
         if raw is None:
             head = Account()
         else:
@@ -111,6 +114,48 @@ class TableStore:
         for entries in state.entries().values():
             assert isinstance(entries, TableEntries)
             writes += entries.table_writes()
+        if self._new == account_id:
+            self.created += 1
+            self._new = None
         self.table[_HEADER_NS + _account_prefix(account_id)] = encode_value(Header(state.head, writes))
         for key, value in writes:
             self.table[key] = value
+
+
+class PartitionDB(Protocol):
+    def keys(self, backwards: bool = False, from_key: bytes | None = None) -> Any: ...
+
+
+class AccountsHeld:
+    """How many accounts the partitions a worker holds have: each counted once, then kept up to date.
+
+    Counting reads every account header of a partition (a RocksDB prefix
+    scan), so it is done once per partition after each rebalance, not per
+    scrape; `created` adds the accounts this worker opens after that.
+    """
+
+    def __init__(self, store: Any) -> None:
+        self._store = store  # faust's RocksDB store: `_db_for_partition(p)`
+        self._counts: dict[int, int] = {}
+
+    def forget(self) -> None:
+        """After a rebalance another worker may have added accounts: count again."""
+        self._counts.clear()
+
+    def created(self, partition: int) -> None:
+        if partition in self._counts:
+            self._counts[partition] += 1
+
+    def count(self, partitions: set[int]) -> int:
+        for p in partitions - self._counts.keys():
+            self._counts[p] = count_headers(self._store._db_for_partition(p))
+        return sum(self._counts[p] for p in partitions)
+
+
+def count_headers(db: PartitionDB) -> int:
+    n = 0
+    for key in db.keys(from_key=_HEADER_NS):
+        if not key.startswith(_HEADER_NS):
+            break
+        n += 1
+    return n

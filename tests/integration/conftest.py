@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.integration.fleet import REPO, Fleet
-
-
-@pytest.fixture(scope="session")
-def stack() -> None:
-    subprocess.run([str(REPO / "deploy" / "stack"), "up"], check=True, timeout=600, stdout=subprocess.DEVNULL)
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -54,14 +54,13 @@ class Fleet:
 
     # -- workers ---------------------------------------------------------------
 
-    def start(self, name: str, role: str, state_dir: Path | None = None) -> None:
+    def start(self, name: str, role: str, state_dir: Path | None = None, http_port: int = 0) -> None:
         args = [sys.executable, "-m", "costtrace.cli", "worker", "--role", role]
         if state_dir is not None:
             args += ["--state-dir", str(state_dir)]
         log = (self.tmp / f"{name}.log").open("ab")
-        self.procs[name] = subprocess.Popen(
-            args, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO
-        )
+        env = {**self.env, "COSTTRACE_HTTP_PORT": str(http_port)}
+        self.procs[name] = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
 
     def kill(self, name: str) -> None:
         proc = self.procs.pop(name)

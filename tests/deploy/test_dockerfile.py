@@ -1,0 +1,102 @@
+"""The worker image's Dockerfile: multi-stage, pinned, non-root, healthy; and the wheels it installs run.
+
+No Docker engine runs here, so the image itself is not built; its build stage's
+wheel is, and a clean virtualenv with only that wheel runs the workers' CLI.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import venv
+import zipfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+DOCKERFILE = (REPO / "Dockerfile").read_text()
+
+
+def instructions() -> list[tuple[str, str]]:
+    joined = re.sub(r"\\\n\s*", " ", DOCKERFILE)
+    out = []
+    for line in joined.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            op, _, rest = line.partition(" ")
+            out.append((op.upper(), rest.strip()))
+    return out
+
+
+def runtime_stage() -> list[tuple[str, str]]:
+    ops = instructions()
+    last_from = max(i for i, (op, _) in enumerate(ops) if op == "FROM")
+    return ops[last_from:]
+
+
+def test_the_base_is_pinned_and_the_build_is_multi_stage() -> None:
+    ops = instructions()
+    base = dict(op for op in ops if op[0] == "ARG")["ARG"]
+    assert re.fullmatch(r"PYTHON=python:3\.11\.\d+-slim-bookworm(@sha256:[0-9a-f]{64})?", base)
+    froms = [rest for op, rest in ops if op == "FROM"]
+    assert len(froms) == 2 and froms[0].endswith(" AS build")
+
+
+def test_the_runtime_stage_runs_as_non_root_with_only_what_runs() -> None:
+    stage = runtime_stage()
+    users = [rest for op, rest in stage if op == "USER"]
+    assert users and not users[-1].startswith(("root", "0"))
+    copies = [rest for op, rest in stage if op in {"COPY", "ADD"}]
+    assert copies == [], "sources stay in the build stage"
+    run = " ".join(rest for op, rest in stage if op == "RUN")
+    assert "pip uninstall -y pip" in run
+    assert ("VOLUME", '["/var/lib/costtrace"]') in stage
+    assert dict(stage)["ENV"].count("COSTTRACE_STATE_DIR=/var/lib/costtrace/") == 1
+
+
+def test_the_healthcheck_asks_the_workers_liveness_endpoint() -> None:
+    (check,) = [rest for op, rest in runtime_stage() if op == "HEALTHCHECK"]
+    assert "/livez" in check and "COSTTRACE_HTTP_PORT" in check
+
+
+def test_the_wheel_holds_the_migrations_and_schemas_and_runs_alone(tmp_path: Path) -> None:
+    build = [
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "--no-deps",
+        "--no-build-isolation",
+        "-q",
+        "-w",
+        str(tmp_path),
+    ]
+    subprocess.run([*build, str(REPO)], check=True, timeout=300)
+    (wheel,) = tmp_path.glob("costtrace-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert any(re.fullmatch(r"workers/migrations/versions/0001_\w+\.py", n) for n in names)
+    assert "workers/migrations/env.py" in names
+    assert any(n.startswith("schemas/v1/") and n.endswith(".schema.json") for n in names)
+    assert not any(n.startswith(("tests/", "bench/", "deploy/")) for n in names)
+    # the image runs only what the wheel and its dependencies hold: the CLI starts from it
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, system_site_packages=False, with_pip=False)
+    site = next((env_dir / "lib").glob("python3*/site-packages"))
+    zipfile.ZipFile(wheel).extractall(site)
+    deps = (
+        Path(sys.prefix)
+        / "lib"
+        / f"python{sys.version_info.major}.{sys.version_info.minor}"
+        / "site-packages"
+    )
+    (site / "deps.pth").write_text(str(deps) + "\n")  # the dependencies, not the repository
+    code = "import costtrace.cli, topics.catalogue, workers.app, workers.sink; "
+    code += "import workers.db as d; print(d.MIGRATIONS)"
+    out = subprocess.run(
+        [str(env_dir / "bin" / "python"), "-c", code],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert out.stdout.strip().startswith(str(site))

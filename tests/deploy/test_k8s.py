@@ -1,0 +1,134 @@
+"""Every kustomize overlay renders, validates against the Kubernetes schemas offline, and hangs together."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+OVERLAYS = sorted(p.name for p in (REPO / "deploy" / "k8s" / "overlays").iterdir() if p.is_dir())
+KUBERNETES = "1.31.0"  # the oldest Kubernetes the manifests support
+KUSTOMIZE_MODULE = "sigs.k8s.io/kustomize/kustomize/v5@v5.5.0"
+
+
+def kustomize(path: Path) -> list[dict[str, Any]]:
+    """`kubectl kustomize`, or the kustomize module from the Go proxy where kubectl is missing."""
+    if shutil.which("kubectl"):
+        cmd = ["kubectl", "kustomize", str(path)]
+    elif shutil.which("kustomize"):
+        cmd = ["kustomize", "build", str(path)]
+    else:
+        cmd = ["go", "run", KUSTOMIZE_MODULE, "build", str(path)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=600).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+@pytest.fixture(scope="module", params=OVERLAYS)
+def rendered(request: pytest.FixtureRequest) -> tuple[str, list[dict[str, Any]]]:
+    return request.param, kustomize(REPO / "deploy" / "k8s" / "overlays" / request.param)
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
+
+
+def config(docs: list[dict[str, Any]]) -> dict[str, str]:
+    (cm,) = [
+        d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("costtrace-config")
+    ]
+    return dict(cm["data"])
+
+
+CUSTOM = {"ScaledObject", "ServiceMonitor"}  # CRDs: no upstream schema offline; checked below
+
+
+def test_overlays_exist() -> None:
+    assert OVERLAYS == ["dev", "prod"]
+
+
+def test_each_resource_validates_against_the_kubernetes_schemas(
+    rendered: tuple[str, list[dict[str, Any]]],
+) -> None:
+    _, docs = rendered
+    for doc in docs:
+        if doc["kind"] in CUSTOM:
+            continue
+        kubernetes_validate.validate(doc, KUBERNETES, strict=True)
+    broken = copy.deepcopy(by_kind(docs, "StatefulSet")["costtrace-allocator"])
+    broken["spec"]["template"]["spec"]["containers"][0]["livenesProbe"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, KUBERNETES, strict=True)
+
+
+def test_allocators_keep_their_state_and_stop_cleanly(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    _, docs = rendered
+    sts = by_kind(docs, "StatefulSet")["costtrace-allocator"]
+    pod = sts["spec"]["template"]["spec"]
+    (claim,) = sts["spec"]["volumeClaimTemplates"]
+    (container,) = pod["containers"]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert config(docs)["COSTTRACE_STATE_DIR"].startswith(mounts[claim["metadata"]["name"]] + "/")
+    # longer than a flush and a clean RocksDB close; a killed allocator rebuilds its tables
+    assert pod["terminationGracePeriodSeconds"] >= 60
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    pdb = by_kind(docs, "PodDisruptionBudget")["costtrace-allocator"]
+    assert (
+        pdb["spec"]["selector"]["matchLabels"].items()
+        <= sts["spec"]["template"]["metadata"]["labels"].items()
+    )
+
+
+def test_services_select_workloads_and_expose_metrics(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    _, docs = rendered
+    pods = [
+        d["spec"]["template"]["metadata"]["labels"]
+        for d in docs
+        if d["kind"] in {"StatefulSet", "Deployment"}
+    ]
+    for name, svc in by_kind(docs, "Service").items():
+        assert any(svc["spec"]["selector"].items() <= labels.items() for labels in pods), name
+        assert "metrics" in {p["name"] for p in svc["spec"]["ports"]}
+    for monitor in by_kind(docs, "ServiceMonitor").values():
+        selected = [
+            s for s in by_kind(docs, "Service").values()
+            if monitor["spec"]["selector"]["matchLabels"].items() <= s["metadata"]["labels"].items()
+        ]  # fmt: skip
+        assert len(selected) == 2
+        assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["metrics"]
+
+
+def test_keda_scales_the_allocator_group_up_to_the_partition_count(
+    rendered: tuple[str, list[dict[str, Any]]],
+) -> None:
+    overlay, docs = rendered
+    scaled = by_kind(docs, "ScaledObject")
+    if overlay != "prod":
+        assert not scaled
+        return
+    obj = scaled["costtrace-allocator"]
+    settings = config(docs)
+    assert obj["apiVersion"] == "keda.sh/v1alpha1"
+    assert obj["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "name": "costtrace-allocator",
+    }
+    assert obj["spec"]["maxReplicaCount"] == int(settings["COSTTRACE_PARTITIONS"])
+    (trigger,) = obj["spec"]["triggers"]
+    assert trigger["type"] == "kafka"
+    assert trigger["metadata"]["consumerGroup"] == settings["COSTTRACE_APP_ID"]
+    assert trigger["metadata"]["bootstrapServers"] == settings["COSTTRACE_KAFKA_BOOTSTRAP"]
+    assert trigger["metadata"]["allowIdleConsumers"] == "false"
+    assert (
+        by_kind(docs, "StatefulSet")["costtrace-allocator"]["spec"]["replicas"]
+        <= obj["spec"]["maxReplicaCount"]
+    )

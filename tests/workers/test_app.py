@@ -1,0 +1,49 @@
+"""The allocator's guard around faust's consumer: no stream event before the committed-offset seek."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from faust.types import TP
+
+from workers.app import SeekBeforeStreaming
+
+STREAM, OTHER, CHANGELOG = TP("p.issued", 0), TP("p.issued", 1), TP("app-state-changelog", 0)
+
+
+class Consumer:
+    """The two calls faust's recovery makes, in its order: resume, then seek."""
+
+    def __init__(self) -> None:
+        self.active: set[TP] = set()
+        self.calls: list[str] = []
+        self.seek_done = asyncio.Event()
+        self.assigned = {STREAM, CHANGELOG}
+
+    def resume_partitions(self, tps: Any) -> None:
+        self.active |= set(tps)
+        self.calls.append(f"resume {sorted(tp.topic for tp in tps)}")
+
+    async def perform_seek(self) -> None:
+        self.calls.append(f"seek while active={sorted(tp.topic for tp in self.active)}")
+        await self.seek_done.wait()
+
+    def assignment(self) -> set[TP]:
+        return self.assigned
+
+
+async def test_stream_partitions_resume_only_after_the_seek() -> None:
+    consumer = Consumer()
+    SeekBeforeStreaming(consumer, lambda tp: tp.topic.endswith("-changelog"))
+
+    consumer.resume_partitions({STREAM, OTHER, CHANGELOG})
+    assert consumer.active == {CHANGELOG}  # changelogs resume at once (recovery reads them)
+    seek = asyncio.ensure_future(consumer.perform_seek())
+    await asyncio.sleep(0)
+    assert consumer.active == {CHANGELOG}, "a stream partition was fetched before its seek"
+    consumer.seek_done.set()
+    await seek
+    # OTHER was revoked meanwhile (not in the assignment): it stays paused
+    assert consumer.active == {CHANGELOG, STREAM}
+    assert consumer.calls[1] == "seek while active=['app-state-changelog']"

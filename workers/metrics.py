@@ -1,0 +1,187 @@
+"""What SREs read: Prometheus metrics and the health endpoints every worker serves.
+
+Every worker process serves `/metrics`, `/livez` and `/readyz` on
+`COSTTRACE_HTTP_HOST:COSTTRACE_HTTP_PORT`. Names follow Prometheus
+conventions: a `costtrace_` prefix, `_total` counters, base units in the
+name. The dashboard and alert rules under `deploy/` use only names defined
+here; a test scrapes a running worker and checks that each one is served.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from costtrace.model.allocation import Status
+from workers.allocator import Handled
+
+log = logging.getLogger(__name__)
+
+_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400)
+_BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2000, 5000)
+
+
+@dataclass
+class Metrics:
+    """One process's metrics, in a registry of its own (tests build as many as they like)."""
+
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.info = Gauge(
+            "costtrace_worker_info",
+            "This worker's role and consumer group (always 1).",
+            ["role", "group"],
+            registry=r,
+        )
+        self.ready = Gauge(
+            "costtrace_worker_ready",
+            "1 once the worker serves: joined, tables recovered, not rebalancing.",
+            registry=r,
+        )
+        self.events = Counter(
+            "costtrace_events",
+            "Input events read by the allocator, by type and outcome.",
+            ["type", "outcome"],
+            registry=r,
+        )
+        self.records = Counter(
+            "costtrace_records", "Allocation records the allocator produced, by kind.", ["kind"], registry=r
+        )
+        self.rejections = Counter(
+            "costtrace_rejections",
+            "Rejected events, by reason (each one is dead-lettered).",
+            ["reason"],
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "costtrace_dead_letters",
+            "Dead letters the sink stored in PostgreSQL, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.sink_rows = Counter(
+            "costtrace_sink_rows", "Rows the sink committed to PostgreSQL, by table.", ["table"], registry=r
+        )
+        self.sink_batch_rows = Histogram(
+            "costtrace_sink_batch_rows", "Rows per sink batch.", ["table"], buckets=_BATCH_BUCKETS, registry=r
+        )
+        self.sink_batch_seconds = Histogram(
+            "costtrace_sink_batch_duration_seconds",
+            "Time to persist one sink batch, retries included.",
+            ["table"],
+            registry=r,
+        )
+        self.sink_retries = Counter(
+            "costtrace_sink_retries", "Sink writes retried (PostgreSQL down or slow).", registry=r
+        )
+        self.sink_last_commit = Gauge(
+            "costtrace_sink_last_commit_timestamp_seconds",
+            "When the sink last committed a batch (Unix time).",
+            registry=r,
+        )
+        self.end_to_end = Histogram(
+            "costtrace_end_to_end_latency_seconds",
+            "From an event's time (clock=event) or its broker timestamp (clock=broker) "
+            "to its record's committed row.",
+            ["clock"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.lag = Gauge(
+            "costtrace_consumer_lag_messages",
+            "Messages after this worker's committed offset, per assigned topic partition.",
+            ["group", "topic", "partition"],
+            registry=r,
+        )
+        self.rebalances = Counter(
+            "costtrace_rebalances",
+            "Consumer group rebalances this worker went through.",
+            ["group"],
+            registry=r,
+        )
+        self.accounts = Gauge(
+            "costtrace_accounts_held", "Accounts whose state this worker holds.", registry=r
+        )
+        self.debt = Gauge(
+            "costtrace_debt_outstanding_coins",
+            "Coins consumed without stock, not yet paid back (PostgreSQL, every account).",
+            registry=r,
+        )
+
+    def count(self, handled: Handled) -> None:
+        """One allocator message: its outcome, and the records or rejection it gave the first time."""
+        outcome = handled.outcome
+        self.events.labels(handled.event_type, outcome.status.value).inc()
+        if outcome.status is Status.APPLIED:
+            for record in outcome.records:
+                self.records.labels(record.kind).inc()
+        elif outcome.status is Status.REJECTED and outcome.rejection is not None:
+            self.rejections.labels(outcome.rejection.reason).inc()
+
+    def set_lag(self, group: str, lags: Iterable[tuple[str, int, int]]) -> None:
+        """Replace the lag gauges: partitions this worker no longer holds must not linger."""
+        self.lag.clear()
+        for topic, partition, lag in lags:
+            self.lag.labels(group, topic, str(partition)).set(lag)
+
+    def scrape(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def lag_of(
+    highwaters: Mapping[tuple[str, int], int | None], committed: Mapping[tuple[str, int], int | None]
+) -> list[tuple[str, int, int]]:
+    """Per partition: the broker's high watermark minus the committed offset (none: all of it)."""
+    out = []
+    for (topic, partition), high in sorted(highwaters.items()):
+        if high is None:
+            continue
+        done = committed.get((topic, partition)) or 0
+        out.append((topic, partition, max(0, high - done)))
+    return out
+
+
+@dataclass(frozen=True)
+class Health:
+    """What `/livez` and `/readyz` answer; each is a check that returns why it fails, or None."""
+
+    alive: Callable[[], str | None]
+    ready: Callable[[], str | None]
+
+
+async def serve(metrics: Metrics, health: Health, host: str, port: int) -> web.AppRunner:
+    """Serve `/metrics`, `/livez` and `/readyz`; the caller cleans the runner up on stop."""
+
+    async def metrics_view(_: web.Request) -> web.Response:
+        metrics.ready.set(0 if health.ready() else 1)
+        return web.Response(body=metrics.scrape(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    def check(probe: Callable[[], str | None]) -> Callable[[web.Request], object]:
+        async def view(_: web.Request) -> web.Response:
+            why = probe()
+            return web.Response(status=503 if why else 200, text=(why or "ok") + "\n")
+
+        return view
+
+    http = web.Application()
+    http.router.add_get("/metrics", metrics_view)
+    http.router.add_get("/livez", check(health.alive))  # type: ignore[arg-type]
+    http.router.add_get("/readyz", check(health.ready))  # type: ignore[arg-type]
+    runner = web.AppRunner(http, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    log.info("serving /metrics, /livez and /readyz on %s:%d", host, port)
+    return runner
