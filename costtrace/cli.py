@@ -220,9 +220,10 @@ def db_migrate() -> None:
 @main.command()
 @click.option(
     "--role",
-    type=click.Choice(["allocator", "sink"]),
+    type=click.Choice(["allocator", "sink", "compensator"]),
     required=True,
-    help="allocator: events to records (RocksDB state); sink: records to PostgreSQL.",
+    help="allocator: events to records (RocksDB state); sink: records to PostgreSQL; "
+    "compensator: dead letters retried or parked.",
 )
 @click.option(
     "--state-dir",
@@ -255,10 +256,14 @@ def worker(role: str, state_dir: str | None, loglevel: str | None) -> None:
     if role == "allocator":
         prepare_state_dir(settings.state_dir)
         app = allocator_app(settings)
-    else:
+    elif role == "sink":
         from workers.sink import sink_app
 
         app = sink_app(settings)
+    else:
+        from workers.compensator import compensator_app
+
+        app = compensator_app(settings)
     code = 1
     try:
         faust.Worker(app, loglevel=loglevel or settings.log_level, quiet=True).execute_from_commandline()
@@ -343,6 +348,164 @@ def schemas_write() -> None:
 
     for path in write_all():
         click.echo(path)
+
+
+@main.group()
+def dlq() -> None:
+    """Parked dead letters: list, show, replay, discard (filters: reason, account, age)."""
+
+
+def _dlq_filter(
+    origins: tuple[str, ...],
+    reason: str | None,
+    account: str | None,
+    older: str | None,
+    newer: str | None,
+    status: str | None,
+) -> Any:
+    from workers.dlq import Filter, parse_age
+
+    try:
+        older_than = parse_age(older) if older else None
+        newer_than = parse_age(newer) if newer else None
+        return Filter(origins, reason, account, older_than, newer_than, None if status == "any" else status)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
+def _filter_options(fn: Any) -> Any:
+    for option in reversed(
+        [
+            click.argument("origins", nargs=-1),
+            click.option("--reason", help="only this rejection reason"),
+            click.option("--account", help="only this account_id"),
+            click.option(
+                "--older-than", "older", metavar="AGE", help="parked before AGE ago (90s, 30m, 2h, 7d)"
+            ),
+            click.option("--newer-than", "newer", metavar="AGE", help="parked within AGE"),
+            click.option(
+                "--status",
+                default="parked",
+                show_default=True,
+                type=click.Choice(["parked", "replayed", "discarded", "any"]),
+            ),
+        ]
+    ):
+        fn = option(fn)
+    return fn
+
+
+@dlq.command("list")
+@_filter_options
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per line")
+def dlq_list(
+    origins: tuple[str, ...],
+    reason: str | None,
+    account: str | None,
+    older: str | None,
+    newer: str | None,
+    status: str,
+    as_json: bool,
+) -> None:
+    """Parked letters, oldest first; ORIGINS (topic:partition@offset) narrow it down."""
+    import asyncio
+    import json
+
+    from workers.dlq import parked
+
+    rows = asyncio.run(
+        parked(
+            _settings().postgres_dsn.get_secret_value(),
+            _dlq_filter(origins, reason, account, older, newer, status),
+        )
+    )
+    for r in rows:
+        if as_json:
+            click.echo(
+                json.dumps({k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in r.items()})
+            )
+        else:
+            click.echo(
+                f"{r['origin']}  {r['status']:<9} {r['reason']:<20} account={r['account_id']} "
+                f"event={r['event_id']} attempts={r['attempts']} parked={r['parked_at']:%Y-%m-%d %H:%M:%S}"
+            )
+    click.echo(f"{len(rows)} letter(s)", err=True)
+
+
+@dlq.command("show")
+@click.argument("origin")
+def dlq_show(origin: str) -> None:
+    """One parked letter: its payload, and the history of its attempts."""
+    import asyncio
+
+    from workers.dlq import show
+
+    letter, history = asyncio.run(show(_settings().postgres_dsn.get_secret_value(), origin))
+    if letter is None:
+        raise click.ClickException(f"no parked letter {origin!r}")
+    for key, value in letter.items():
+        click.echo(f"{key:>16}: {value}")
+    click.echo("history:")
+    for h in history:
+        click.echo(
+            f"  attempt {h['attempt']}: {h['reason']} at {h['source_topic']}:{h['source_partition']}"
+            f"@{h['source_offset']} ({h['dead_lettered_at']:%Y-%m-%d %H:%M:%S}) {h['detail'] or ''}"
+        )
+
+
+@dlq.command("replay")
+@_filter_options
+@click.option("--again", is_flag=True, help="also send letters already replayed (the model applies once)")
+def dlq_replay(
+    origins: tuple[str, ...],
+    reason: str | None,
+    account: str | None,
+    older: str | None,
+    newer: str | None,
+    status: str,
+    again: bool,
+) -> None:
+    """Send the selected parked letters back to their topics, and mark them replayed."""
+    import asyncio
+
+    from workers.dlq import replay
+
+    if not (origins or reason or account or older or newer):
+        raise click.UsageError("name the letters: ORIGINS, or at least one filter")
+    settings = _settings()
+    selected = _dlq_filter(origins, reason, account, older, newer, status)
+    dsn = settings.postgres_dsn.get_secret_value()
+    sent, skipped = asyncio.run(replay(dsn, settings.kafka_bootstrap, selected, again))
+    click.echo(f"replayed {sent} letter(s)" + (f"; {skipped} not parked, left alone" if skipped else ""))
+
+
+@dlq.command("discard")
+@_filter_options
+@click.option("--note", required=True, help="why (kept with the letter)")
+def dlq_discard(
+    origins: tuple[str, ...],
+    reason: str | None,
+    account: str | None,
+    older: str | None,
+    newer: str | None,
+    status: str,
+    note: str,
+) -> None:
+    """Mark the selected parked letters discarded; they stay in PostgreSQL with the note."""
+    import asyncio
+
+    from workers.dlq import discard
+
+    if not (origins or reason or account or older or newer):
+        raise click.UsageError("name the letters: ORIGINS, or at least one filter")
+    n = asyncio.run(
+        discard(
+            _settings().postgres_dsn.get_secret_value(),
+            _dlq_filter(origins, reason, account, older, newer, status),
+            note,
+        )
+    )
+    click.echo(f"discarded {n} letter(s)")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -89,7 +89,7 @@ class Catalogue:
                 )
 
 
-def catalogue(prefix: str, partitions: int, app_id: str) -> Catalogue:
+def catalogue(prefix: str, partitions: int, app_id: str, retry_tiers: int = 4) -> Catalogue:
     inputs = tuple(
         TopicSpec(
             name=f"{prefix}.{t.kind}",
@@ -140,5 +140,20 @@ def catalogue(prefix: str, partitions: int, app_id: str) -> Catalogue:
                 description="rejected events with reason, detail, source position and payload",
                 configs={"retention.ms": str(30 * DAY_MS), "cleanup.policy": "delete"},
             ),
+            *(
+                TopicSpec(
+                    name=retry_topic(prefix, tier),
+                    partitions=partitions,
+                    key="account_id",
+                    role="internal",
+                    description=f"dead letters waiting out retry delay {tier} (compensator)",
+                    configs=INPUT_RETENTION,
+                )
+                for tier in range(retry_tiers)
+            ),
         )
     )
+
+
+def retry_topic(prefix: str, tier: int) -> str:
+    return f"{prefix}.retry-{tier}"

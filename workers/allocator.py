@@ -34,6 +34,8 @@ from schemas.records import Kind, Rejection
 log = logging.getLogger(__name__)
 
 PROCESSING_ERROR: Final = "processing_error"
+ATTEMPT_HEADER: Final = "costtrace-attempt"
+ORIGIN_HEADER: Final = "costtrace-origin"
 _json = msgspec.json.Encoder()
 _credit_encoder = msgspec.msgpack.Encoder()
 _credit_decoder = msgspec.msgpack.Decoder(Credit)
@@ -55,8 +57,9 @@ class DeadLetter(msgspec.Struct, omit_defaults=True):
     payload: str  # the original bytes: UTF-8 text, or base64 when not UTF-8
     payload_encoding: str  # "utf-8" | "base64"
     message_timestamp_ms: int | None
-    attempt: int
+    attempt: int  # 1, then one more each time the compensator sends it again
     dead_lettered_at_ms: int
+    origin: str | None = None  # topic:partition@offset of the first attempt (retries only)
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,23 @@ class Message:
     key: bytes | None
     value: bytes
     timestamp_ms: int | None
+    attempt: int = 1
+    origin: str | None = None  # the first attempt's position, on an event the compensator sent again
+
+    @classmethod
+    def of(cls, m: Any) -> Message:
+        """A faust message; the compensator's headers say which attempt it is."""
+        headers = dict(m.headers or ())
+        attempt = headers.get(ATTEMPT_HEADER)
+        origin = headers.get(ORIGIN_HEADER)
+        return cls(
+            m.topic, m.partition, m.offset, m.key, m.value, int(m.timestamp * 1000),
+            int(attempt) if attempt else 1, origin.decode() if origin else None,
+        )  # fmt: skip
+
+    @property
+    def position(self) -> str:
+        return f"{self.topic}:{self.partition}@{self.offset}"
 
 
 def decode_credit(value: bytes) -> Credit:
@@ -153,7 +173,7 @@ class Allocator:
 
     def _outputs(self, outcome: Outcome, msg: Message, occurred_ms: int | None) -> list[Output]:
         out: list[Output] = []
-        source = f"{msg.topic}:{msg.partition}@{msg.offset}".encode()
+        source = msg.position.encode()
         headers = [
             ("costtrace-step", str(outcome.step).encode()),
             ("costtrace-source", source),
@@ -183,8 +203,9 @@ class Allocator:
                 payload or "",
                 encoding,
                 msg.timestamp_ms,
-                1,
+                msg.attempt,
                 self.clock_ms(),
+                msg.origin,
             )
             key = (rej.account_id or key_text or "").encode()
             out.append(Output(self.dead_letters_topic, key, _json.encode(letter), []))

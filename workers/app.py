@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 
 def fleet_catalogue(settings: Settings) -> Catalogue:
-    return catalogue(settings.topic_prefix, settings.partitions, settings.app_id)
+    return catalogue(settings.topic_prefix, settings.partitions, settings.app_id, len(settings.retry_delays))
 
 
 def _base_config(settings: Settings, app_id: str) -> dict[str, Any]:
@@ -246,10 +246,10 @@ def allocator_app(settings: Settings) -> faust.App:
             m = event.message
             try:
                 local.use(m.partition)
-                msg = Message(m.topic, m.partition, m.offset, m.key, m.value, int(m.timestamp * 1000))
+                msg = Message.of(m)
                 created = store.created
                 handled = allocator.handle(msg)
-                metrics.count(handled)
+                metrics.count(handled, msg.attempt)
                 if store.created != created:
                     held.created(m.partition)
                 outputs = handled.outputs

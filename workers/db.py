@@ -26,6 +26,7 @@ DEAD_LETTER_COLUMNS: Final = (
     ("event_id", "text"), ("account_id", "text"), ("reason", "text"), ("detail", "text"),
     ("message_key", "text"), ("payload", "text"), ("payload_encoding", "text"),
     ("message_timestamp", "timestamptz"), ("attempt", "integer"), ("dead_lettered_at", "timestamptz"),
+    ("origin", "text"),
 )  # fmt: skip
 
 
@@ -83,14 +84,14 @@ class Database:
             await self._pool.close()
             self._pool = None
 
-    async def write(self, sql: str, columns: Sequence[Sequence[Any]]) -> None:
-        """Run one idempotent batch insert in a transaction, retrying until it commits."""
+    async def execute(self, sql: str, *args: Any) -> None:
+        """Run one idempotent statement in a transaction, retrying until it commits."""
         backoff = 0.1
         while True:
             try:
                 pool = await self.pool()
                 async with pool.acquire() as conn, conn.transaction():
-                    await conn.execute(sql, *columns)
+                    await conn.execute(sql, *args)
                 return
             except (
                 TimeoutError,
@@ -104,9 +105,17 @@ class Database:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.max_backoff)
 
+    async def write(self, sql: str, columns: Sequence[Sequence[Any]]) -> None:
+        """One batch insert of rows given as columns (see `_insert`)."""
+        await self.execute(sql, *columns)
+
     async def debt_outstanding(self) -> int:
         pool = await self.pool()
         return int(await pool.fetchval("SELECT coalesce(sum(debt), 0) FROM debt"))
+
+    async def parked_letters(self) -> int:
+        pool = await self.pool()
+        return int(await pool.fetchval("SELECT count(*) FROM parked_letters WHERE status = 'parked'"))
 
     async def write_records(self, rows: Sequence[Sequence[Any]]) -> None:
         if rows:

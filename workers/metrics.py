@@ -112,6 +112,17 @@ class Metrics:
             ["group"],
             registry=r,
         )
+        self.compensations = Counter(
+            "costtrace_compensations",
+            "Dead letters the compensator handled: retried, parked, and retries that the allocator applied.",
+            ["outcome"],
+            registry=r,
+        )
+        self.parked = Gauge(
+            "costtrace_parked_letters",
+            "Dead letters parked in PostgreSQL and not yet replayed or discarded.",
+            registry=r,
+        )
         self.accounts = Gauge(
             "costtrace_accounts_held", "Accounts whose state this worker holds.", registry=r
         )
@@ -121,10 +132,12 @@ class Metrics:
             registry=r,
         )
 
-    def count(self, handled: Handled) -> None:
+    def count(self, handled: Handled, attempt: int = 1) -> None:
         """One allocator message: its outcome, and the records or rejection it gave the first time."""
         outcome = handled.outcome
         self.events.labels(handled.event_type, outcome.status.value).inc()
+        if attempt > 1 and outcome.status is Status.APPLIED:
+            self.compensations.labels("applied").inc()  # a retry the compensator sent, applied
         if outcome.status is Status.APPLIED:
             for record in outcome.records:
                 self.records.labels(record.kind).inc()

@@ -20,6 +20,7 @@ class Settings(BaseSettings):
     replication: int = 1
     app_id: str = "costtrace-allocator"
     sink_app_id: str = "costtrace-sink"
+    compensator_app_id: str = "costtrace-compensator"
     state_dir: Path = Path(".stack/state")
 
     # faust tuning; see docs/fleet.md
@@ -31,6 +32,13 @@ class Settings(BaseSettings):
     sink_batch: int = 2000
     sink_within: float = 0.2
     log_level: str = "warning"
+
+    # the compensator (workers/compensator.py): which dead letters are retried, how
+    # often in all (the first attempt included), and the delay before each retry;
+    # one durable retry topic per delay (`<prefix>.retry-<n>`)
+    retry_reasons: tuple[str, ...] = ("unknown_order", "insufficient_stock")
+    retry_attempts: int = 5
+    retry_delays: tuple[float, ...] = (5.0, 30.0, 120.0, 600.0)
 
     # /metrics, /livez and /readyz (workers.metrics); in a container: 0.0.0.0
     http_host: str = "127.0.0.1"

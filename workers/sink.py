@@ -73,6 +73,7 @@ def dead_letter_row(value: bytes) -> tuple[Any, ...]:
         _at(d.message_timestamp_ms),
         d.attempt,
         _at(d.dead_lettered_at_ms),
+        d.origin,
     )
 
 

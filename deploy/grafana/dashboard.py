@@ -78,6 +78,11 @@ ROWS: list[tuple[str, list[dict[str, Any]]]] = [
         panel("Seconds since the last sink commit",
               [("min(time() - costtrace_sink_last_commit_timestamp_seconds)", "sink")], unit="s", kind="stat",
               description="Alert: CosttraceSinkStalled."),
+        panel("Parked letters", [("max(costtrace_parked_letters)", "parked")], kind="stat",
+              description="Waiting for `costtrace dlq replay|discard`. Alert: CosttraceParkedLetters."),
+        panel("Compensations per minute by outcome", [
+            ("sum by (outcome) (rate(costtrace_compensations_total[$__rate_interval])) * 60", "{{outcome}}"),
+        ]),
         panel("Sink retries (5 min)", [("sum(increase(costtrace_sink_retries_total[5m]))", "retries")],
               description="PostgreSQL down or slow. Alert: CosttraceSinkRetrying."),
     ]),

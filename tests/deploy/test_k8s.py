@@ -102,7 +102,7 @@ def test_services_select_workloads_and_expose_metrics(rendered: tuple[str, list[
             s for s in by_kind(docs, "Service").values()
             if monitor["spec"]["selector"]["matchLabels"].items() <= s["metadata"]["labels"].items()
         ]  # fmt: skip
-        assert len(selected) == 2
+        assert len(selected) == 3  # allocator, sink, compensator
         assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["metrics"]
 
 

@@ -15,7 +15,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from costtrace.sample import encode_event, generate_events
-from tests.deploy.test_observability import PROM, used_metrics
+from tests.deploy.test_observability import PROM, alert_rules, used_metrics
 from tests.integration.fleet import Fleet, phases
 
 
@@ -63,9 +63,11 @@ def eventually(check: Callable[[], Any], timeout: float = 60.0) -> Any:
 
 
 def test_a_running_fleet_serves_every_metric_the_dashboard_and_alerts_use(fleet: Fleet) -> None:
-    ports = {"allocator": free_port(), "sink": free_port()}
+    ports = {"allocator": free_port(), "sink": free_port(), "compensator": free_port()}
+    fleet.env["COSTTRACE_RETRY_REASONS"] = "[]"  # every dead letter parked at once: counts stay exact
     fleet.start("allocator", "allocator", fleet.tmp / "state", http_port=ports["allocator"])
     fleet.start("sink", "sink", http_port=ports["sink"])
+    fleet.start("compensator", "compensator", http_port=ports["compensator"])
     lines = [encode_event(e) for e in generate_events(600, 80, seed=3, skew=1.0)]
     for phase in phases(lines):
         fleet.publish(phase)
@@ -74,8 +76,8 @@ def test_a_running_fleet_serves_every_metric_the_dashboard_and_alerts_use(fleet:
     def health(path: str) -> list[tuple[int, str]]:
         return [get(f"http://127.0.0.1:{port}{path}") for port in ports.values()]
 
-    assert eventually(lambda: health("/readyz") == [(200, "ok\n")] * 2)
-    assert health("/livez") == [(200, "ok\n")] * 2
+    assert eventually(lambda: health("/readyz") == [(200, "ok\n")] * 3)
+    assert health("/livez") == [(200, "ok\n")] * 3
 
     records = fleet.export()
     letters = sum(fleet.dead_letters().values())
@@ -90,6 +92,9 @@ def test_a_running_fleet_serves_every_metric_the_dashboard_and_alerts_use(fleet:
         assert total(got, "costtrace_consumer_lag_messages") == 0
         # counted every 15 s: each account with records has state on the allocator
         assert total(got, "costtrace_accounts_held") == len({r["account_id"] for r in records})
+        assert total(got, "costtrace_compensations_total", outcome="parked") == letters
+        # counted every 30 s from PostgreSQL
+        assert total(got, "costtrace_parked_letters") == letters
         return got
 
     got = eventually(settled)
@@ -101,7 +106,7 @@ def test_a_running_fleet_serves_every_metric_the_dashboard_and_alerts_use(fleet:
     assert total(got, "costtrace_dead_letters_total") == letters > 0
     assert total(got, "costtrace_rejections_total") == letters
     assert total(got, "costtrace_end_to_end_latency_seconds_count", clock="broker") == len(records)
-    assert total(got, "costtrace_worker_ready") == 2
+    assert total(got, "costtrace_worker_ready") == 3
 
     prometheus_scrapes_the_fleet_and_evaluates_the_rules(fleet.tmp, ports, len(lines))
 
@@ -133,21 +138,30 @@ def prometheus_scrapes_the_fleet_and_evaluates_the_rules(
             assert status == 200, body
             return list(json.loads(body)["data"]["result"])
 
-        up = eventually(lambda: len(r := query("up == 1")) == 2 and r)
-        assert {s["metric"]["job"] for s in up} == {"costtrace-allocator", "costtrace-sink"}
+        up = eventually(lambda: len(r := query("up == 1")) == 3 and r)
+        assert {s["metric"]["job"] for s in up} == {
+            "costtrace-allocator",
+            "costtrace-sink",
+            "costtrace-compensator",
+        }
         events = eventually(lambda: query('sum(costtrace_events_total{type!="credit"})'))
         assert float(events[0]["value"][1]) == n_inputs
 
         def rules_evaluated() -> list[dict[str, Any]]:
             _, body = get(f"{api}/rules")
             rules = [r for g in json.loads(body)["data"]["groups"] for r in g["rules"]]
-            return rules if rules and all(r.get("lastEvaluation", "").startswith("20") for r in rules) else []
+            evaluated = rules and all(r.get("lastEvaluation", "").startswith("20") for r in rules)
+            # the parked letters' gauge has been scraped and evaluated
+            parked = any(r["name"] == "CosttraceParkedLetters" and r["state"] == "pending" for r in rules)
+            return rules if evaluated and parked else []
 
         rules = eventually(rules_evaluated)
-        assert len(rules) == 9
+        assert len(rules) == len(alert_rules())
         assert [r["name"] for r in rules if r["health"] != "ok"] == []
-        # a healthy, drained fleet fires nothing
-        assert [r["name"] for r in rules if r["state"] != "inactive"] == []
+        # a drained fleet fires nothing but its parked letters (pending: they must wait 15 min)
+        assert {r["name"]: r["state"] for r in rules if r["state"] != "inactive"} == {
+            "CosttraceParkedLetters": "pending"
+        }
     finally:
         proc.terminate()
         proc.wait(timeout=30)

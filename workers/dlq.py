@@ -1,0 +1,136 @@
+"""What ops do with parked letters: list, show (with history), replay, discard (`costtrace dlq`).
+
+A replay publishes the original payload to its original topic, keyed as it
+was, with a fresh attempt count and the same origin, then marks the letter
+`replayed`. Replaying twice applies once: a letter already replayed is left
+alone unless asked (`again`), and even then the model ignores an event it has
+applied (contract rule 7).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+
+from workers.compensator import payload_bytes, resend_headers
+
+_DURATION = re.compile(r"^(\d+)([smhd])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def parse_age(text: str) -> timedelta:
+    """`90s`, `30m`, `2h`, `7d`."""
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 90s, 30m, 2h, 7d)")
+    return timedelta(**{_UNITS[match[2]]: int(match[1])})
+
+
+@dataclass(frozen=True)
+class Filter:
+    origins: tuple[str, ...] = ()
+    reason: str | None = None
+    account: str | None = None
+    older_than: timedelta | None = None
+    newer_than: timedelta | None = None
+    status: str | None = "parked"  # None: any
+
+    def where(self) -> tuple[str, list[Any]]:
+        clauses: list[str] = []
+        args: list[Any] = []
+
+        def add(sql: str, value: Any) -> None:
+            args.append(value)
+            clauses.append(sql.format(f"${len(args)}"))
+
+        if self.origins:
+            add("origin = ANY({})", list(self.origins))
+        if self.reason:
+            add("reason = {}", self.reason)
+        if self.account:
+            add("account_id = {}", self.account)
+        if self.older_than is not None:
+            add("parked_at < now() - {}::interval", self.older_than)
+        if self.newer_than is not None:
+            add("parked_at >= now() - {}::interval", self.newer_than)
+        if self.status:
+            add("status = {}", self.status)
+        return (" WHERE " + " AND ".join(clauses) if clauses else ""), args
+
+
+COLUMNS = "origin, status, reason, account_id, event_id, attempts, why, topic, parked_at, resolved_at, note"
+
+
+async def parked(dsn: str, f: Filter, limit: int = 1000) -> list[asyncpg.Record]:
+    where, args = f.where()
+    conn = await asyncpg.connect(dsn)
+    try:
+        sql = f"SELECT {COLUMNS} FROM parked_letters{where} ORDER BY parked_at, origin LIMIT {int(limit)}"
+        return list(await conn.fetch(sql, *args))
+    finally:
+        await conn.close()
+
+
+async def show(dsn: str, origin: str) -> tuple[asyncpg.Record | None, list[asyncpg.Record]]:
+    """The parked letter with its payload, and every dead letter of its chain of attempts."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        letter = await conn.fetchrow("SELECT * FROM parked_letters WHERE origin = $1", origin)
+        history = await conn.fetch(
+            """
+            SELECT attempt, reason, detail, source_topic, source_partition, source_offset, dead_lettered_at
+            FROM dead_letters
+            WHERE coalesce(origin, source_topic || ':' || source_partition || '@' || source_offset) = $1
+            ORDER BY attempt, dead_lettered_at
+            """,
+            origin,
+        )
+        return letter, list(history)
+    finally:
+        await conn.close()
+
+
+async def replay(dsn: str, bootstrap: str, f: Filter, again: bool = False) -> tuple[int, int]:
+    """Send the selected letters back to their topics; (sent, left alone as already replayed)."""
+    selected = Filter(f.origins, f.reason, f.account, f.older_than, f.newer_than, None if again else f.status)
+    where, args = selected.where()
+    conn = await asyncpg.connect(dsn)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        columns = "origin, status, topic, message_key, payload, payload_encoding"
+        rows = await conn.fetch(f"SELECT {columns} FROM parked_letters{where}", *args)
+        sendable = [r for r in rows if again or r["status"] == "parked"]
+        for r in sendable:
+            key = r["message_key"].encode() if r["message_key"] is not None else None
+            value = payload_bytes(r["payload"], r["payload_encoding"])
+            await producer.send_and_wait(r["topic"], value, key=key, headers=resend_headers(1, r["origin"]))
+        await conn.execute(
+            "UPDATE parked_letters SET status = 'replayed', resolved_at = now() WHERE origin = ANY($1)",
+            [r["origin"] for r in sendable],
+        )
+        skipped = 0
+        if f.origins:
+            skipped = len(set(f.origins) - {r["origin"] for r in sendable})
+        return len(sendable), skipped
+    finally:
+        await producer.stop()
+        await conn.close()
+
+
+async def discard(dsn: str, f: Filter, note: str) -> int:
+    """Mark the selected letters discarded (kept, with the note, for the audit trail)."""
+    where, args = f.where()
+    conn = await asyncpg.connect(dsn)
+    try:
+        args.append(note)
+        resolve = f"status = 'discarded', resolved_at = now(), note = ${len(args)}"
+        result = await conn.execute(f"UPDATE parked_letters SET {resolve}{where}", *args)
+        return int(result.split()[-1])
+    finally:
+        await conn.close()
