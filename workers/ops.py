@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,19 +51,17 @@ async def wait_drained(
     partitions: int,
     timeout: float,
     check: Callable[[], None] = lambda: None,
-    done_when: Callable[[AIOKafkaConsumer, AIOKafkaAdminClient], Awaitable[bool]] | None = None,
 ) -> None:
     """Wait until the allocators and the sink have committed everything, credits included.
 
-    `check` runs between polls (tests use it to fail fast on a dead worker);
-    `done_when` replaces the "everything committed" rule.
+    `check` runs between polls (tests use it to fail fast on a dead worker).
     """
     groups = {allocator_group: [*cat.inputs, cat.credits], sink_group: [cat.allocations, cat.dead_letters]}
 
     async def committed(consumer: AIOKafkaConsumer, admin: AIOKafkaAdminClient) -> bool:
         return await caught_up(groups, partitions, consumer, admin)
 
-    predicate = done_when or committed
+    predicate = committed
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await consumer.start()

@@ -7,6 +7,7 @@ wheel is, and a clean virtualenv with only that wheel runs the workers' CLI.
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 import venv
@@ -71,7 +72,14 @@ def test_the_wheel_holds_the_migrations_and_schemas_and_runs_alone(tmp_path: Pat
         "-w",
         str(tmp_path),
     ]
-    subprocess.run([*build, str(REPO)], check=True, timeout=300)
+    # what the build stage copies, built outside the checkout (setuptools writes build/ beside it)
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    for name in ("costtrace", "schemas", "topics", "workers"):
+        shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([*build, str(src)], check=True, timeout=300)
     (wheel,) = tmp_path.glob("costtrace-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert any(re.fullmatch(r"workers/migrations/versions/0001_\w+\.py", n) for n in names)

@@ -15,7 +15,6 @@ from typing import Any
 
 import asyncpg
 import msgspec
-from aiokafka import TopicPartition
 
 from topics.catalogue import Catalogue
 from workers.app import fleet_catalogue
@@ -89,66 +88,15 @@ class Fleet:
         asyncio.run(publish(self.settings.kafka_bootstrap, self.catalogue, lines))
 
     def drain(self, timeout: float = 120.0) -> None:
-        """Wait until the sink has everything and every input partition is done.
-
-        An input partition is done when the allocators committed its end, or
-        when every event from its committed offset on is seen processed in
-        PostgreSQL (a record or a dead letter from that offset; use only where
-        every event has an output). The second case exists because faust can stop
-        committing a partition after a kill although it processes it
-        (docs/fleet.md, "Open problems"); these tests check the records, not
-        the commits.
-        """
+        """Wait until the sink has committed everything and the allocators every input partition's end."""
         asyncio.run(self._drain(timeout))
 
     async def _drain(self, timeout: float) -> None:
         st, cat = self.settings, self.catalogue
-
-        async def done(consumer: Any, admin: Any) -> bool:
-            return await self._done(consumer, admin, cat)
-
+        groups = (st.app_id, st.sink_app_id)
         await wait_drained(
-            st.kafka_bootstrap, cat, st.app_id, st.sink_app_id, self.partitions, timeout,
-            check=self.assert_running, done_when=done,
-        )  # fmt: skip
-
-    async def _done(self, consumer: Any, admin: Any, cat: Catalogue) -> bool:
-        sink_tps = [
-            TopicPartition(n, p) for n in (cat.allocations, cat.dead_letters) for p in range(self.partitions)
-        ]
-        input_tps = [TopicPartition(n, p) for n in (*cat.inputs, cat.credits) for p in range(self.partitions)]
-        ends = await consumer.end_offsets(sink_tps + input_tps)
-        sink = await admin.list_consumer_group_offsets(self.settings.sink_app_id)
-        for tp in sink_tps:
-            if ends[tp] and (sink.get(tp) is None or sink[tp].offset < ends[tp]):
-                return False
-        allocator = await admin.list_consumer_group_offsets(self.settings.app_id)
-        behind = [
-            tp
-            for tp in input_tps
-            if ends[tp] and (allocator.get(tp) is None or allocator[tp].offset < ends[tp])
-        ]
-        if not behind:
-            return True
-        if any(tp.topic == cat.credits for tp in behind):
-            return False  # credits leave no trace of their own position
-        conn = await asyncpg.connect(self.dsn)
-        try:
-            rows = await conn.fetch(
-                "SELECT source FROM records UNION SELECT source_topic || ':' || source_partition || '@'"
-                " || source_offset FROM dead_letters"
-            )
-        finally:
-            await conn.close()
-        seen = {r["source"] for r in rows}
-        # every event from the commit on has its outputs stored: a later event's alone
-        # proves nothing, since a killed worker's outputs can land out of order
-        for tp in behind:
-            committed = allocator.get(tp)
-            start = committed.offset if committed is not None else 0
-            if any(f"{tp.topic}:{tp.partition}@{o}" not in seen for o in range(start, ends[tp])):
-                return False
-        return True
+            st.kafka_bootstrap, cat, *groups, self.partitions, timeout, check=self.assert_running
+        )
 
     # -- results -------------------------------------------------------------------
 

@@ -69,20 +69,9 @@ def bulk_phases(accounts: list[str], rounds: int) -> list[list[bytes]]:
     return [consume, issue, refund]
 
 
-KNOWN_STALL = pytest.mark.xfail(
-    reason="open: after an allocator is killed, faust can stop committing one input partition it has "
-    "processed, and the run then does not drain or phases overtake (docs/fleet.md, Open problems)",
-    strict=False,
-)
-
-
 @pytest.mark.parametrize(
     "victim",
-    [
-        pytest.param("allocator, same state folder", marks=KNOWN_STALL),
-        pytest.param("allocator, fresh state folder", marks=KNOWN_STALL),
-        "sink",
-    ],
+    ["allocator, same state folder", "allocator, fresh state folder", "sink"],
 )
 def test_a_killed_worker_loses_and_doubles_nothing(fleet: Fleet, victim: str) -> None:
     prefix = [encode_event(e) for e in generate_events(400, 200, seed=5, skew=1.0)]
