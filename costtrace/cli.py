@@ -508,5 +508,75 @@ def dlq_discard(
     click.echo(f"discarded {n} letter(s)")
 
 
+@main.group()
+def ledger() -> None:
+    """The accounting service's balances, which the reconciler compares traced balances with."""
+
+
+@ledger.command("load")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+def ledger_load(file: str) -> None:
+    """Load balances from CSV (account_id,balance[,as_of]) or JSON; integers only; replaces earlier ones."""
+    import asyncio
+    from pathlib import Path
+
+    from workers.reconcile import load_ledger, parse_ledger
+
+    try:
+        rows = parse_ledger(file, Path(file).read_text())
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    n = asyncio.run(load_ledger(_settings().postgres_dsn.get_secret_value(), rows))
+    click.echo(f"loaded {n:,} ledger balance(s)")
+
+
+@main.command()
+@click.option("--wait", is_flag=True, help="wait for a running reconciler instead of skipping")
+@click.option(
+    "--every", type=float, default=None, help="run every SECONDS, serving metrics (the scheduled job)"
+)
+@click.option("--debt-age", default="30d", show_default=True, help="debt older than this is reported")
+@click.option(
+    "--lock-ttl", type=float, default=30.0, show_default=True, help="lock expiry, renewed while running"
+)
+def reconcile(wait: bool, every: float | None, debt_age: str, lock_ttl: float) -> None:
+    """Check the contract's invariants, and traced balances against the ledger; store the run's findings."""
+    import asyncio
+
+    from workers.dlq import parse_age
+    from workers.reconcile import LockLost, reconcile, run_on_schedule
+
+    try:
+        age = parse_age(debt_age)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--debt-age") from exc
+    settings = _settings()
+    if every is not None:
+        asyncio.run(run_on_schedule(settings, every, wait, age, lock_ttl))
+        return
+    try:
+        result = asyncio.run(
+            reconcile(
+                settings.postgres_dsn.get_secret_value(),
+                settings.redis_url.get_secret_value(),
+                settings.kafka_bootstrap,
+                wait=wait,
+                lock_ttl=lock_ttl,
+                debt_age=age,
+            )
+        )
+    except LockLost as exc:
+        raise click.ClickException(str(exc)) from exc
+    if result.status == "skipped":
+        click.echo(f"skipped: {result.why}")
+        sys.exit(3)
+    click.echo(f"run {result.run_id}: {result.status}")
+    for kind, n in sorted(result.findings.items()):
+        click.echo(f"  {kind}: {n}")
+    for account, n in result.actions.get("replayed_parked_letters", {}).items():
+        click.echo(f"  replayed {n} parked letter(s) of {account}")
+    sys.exit(0 if result.status == "ok" else 1)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

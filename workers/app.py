@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -113,14 +114,18 @@ class SeekBeforeStreaming:
         self.deferred |= streams
         if tps - streams:
             self._resume(tps - streams)
+        if streams:
+            log.info("resume of %d stream partition(s) held until they are sought", len(streams))
 
     async def perform_seek(self) -> None:
         try:
             await self._seek()
         finally:
-            deferred, self.deferred = self.deferred & self._consumer.assignment(), set()
+            assigned = self._consumer.assignment()
+            deferred, self.deferred = self.deferred & assigned, set()
             if deferred:
                 self._resume(deferred)
+            log.info("sought; resumed %d stream partition(s) of %d assigned", len(deferred), len(assigned))
 
 
 def seek_before_streaming(app: faust.App) -> None:
@@ -167,6 +172,22 @@ def observe(
     @app.task  # type: ignore[untyped-decorator]
     async def _serve() -> None:
         await serve(metrics, Health(alive, ready_once_joined), settings.http_host, settings.http_port)
+
+    if os.environ.get("COSTTRACE_DEBUG_OFFSETS"):
+
+        @app.timer(2.0)  # type: ignore[untyped-decorator]
+        async def _bookkeeping() -> None:
+            """faust's own commit bookkeeping per partition, to diagnose commits that stop."""
+            c: Any = app.consumer
+            rows = []
+            for tp in sorted(c.assignment()):
+                if tp.topic in topics:
+                    acked = c._acked.get(tp) or []
+                    span = f"{min(acked)}..{max(acked)}#{len(acked)}" if acked else "-"
+                    active = "active" if tp in (c._active_partitions or ()) else "paused"
+                    rows.append(f"{tp.topic}/{tp.partition} committed={c._committed_offset.get(tp)} "
+                                f"read={c._read_offset.get(tp)} acked={span} {active}")  # fmt: skip
+            log.warning("OFFSETS flow=%s %s", c.flow_active, " | ".join(rows))
 
     @app.timer(5.0)  # type: ignore[untyped-decorator]
     async def _lag() -> None:

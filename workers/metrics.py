@@ -123,6 +123,27 @@ class Metrics:
             "Dead letters parked in PostgreSQL and not yet replayed or discarded.",
             registry=r,
         )
+        self.reconcile_runs = Counter(
+            "costtrace_reconcile_runs",
+            "Reconcile runs by how they ended: ok, mismatches, skipped, lost_lock, failed.",
+            ["status"],
+            registry=r,
+        )
+        self.reconcile_mismatches = Gauge(
+            "costtrace_reconcile_mismatches",
+            "Findings of the last completed reconcile run: ledger mismatches and broken invariants.",
+            registry=r,
+        )
+        self.reconcile_old_debts = Gauge(
+            "costtrace_reconcile_old_debts",
+            "Orders whose debt is older than the threshold, at the last completed reconcile run.",
+            registry=r,
+        )
+        self.reconcile_last_success = Gauge(
+            "costtrace_reconcile_last_completed_timestamp_seconds",
+            "When a reconcile run last completed (Unix time).",
+            registry=r,
+        )
         self.accounts = Gauge(
             "costtrace_accounts_held", "Accounts whose state this worker holds.", registry=r
         )
