@@ -86,17 +86,27 @@ class _LocalTable:
         self.pending.append((key, value))
 
 
-class SeekBeforeStreaming:
-    """Stream partitions start fetching only once faust has sought them to their committed offsets.
+class ConsumerGuards:
+    """Two fixes around faust's consumer, each for events read before faust is ready for them.
 
-    faust's recovery resumes the stream partitions and *then* awaits
-    `perform_seek` (`Recovery.on_recovery_completed`, `_resume_streams`).
-    Events handled in between are acked and their offsets taken out of
-    faust's ack list by a commit; the seek then puts back the committed offset
-    it read before that, and the partition, whose next acked offset is now
-    far above it, never commits again (seen on the broker after an allocator
-    kill: docs/fleet.md). Here the resume of stream partitions waits for the
-    seek. Those two calls are the only places faust resumes them.
+    1. Seek before streaming. faust's recovery resumes the stream partitions
+       and *then* awaits `perform_seek` (`Recovery.on_recovery_completed`,
+       `_resume_streams`). Events handled in between are acked and taken out
+       of faust's ack list by a commit; the seek then puts back the committed
+       offset it read before, and the partition, whose lowest acked offset is
+       now far above it, never commits again. Here the resume of stream
+       partitions waits for the seek (those two calls are the only places
+       faust resumes them).
+    2. Fetch only active partitions. faust hands its *live* set of active
+       partitions to the consumer thread, and aiokafka's `fetched_records`
+       reads an empty set as "every partition". When recovery pauses the
+       changelogs while a fetch waits, the set empties, records of paused
+       stream partitions come back, and faust drops them (not active) after
+       aiokafka counted them consumed. A partition with a committed offset is
+       sought back later; one that was never committed lost those events for
+       good. Here the consumer thread gets a snapshot of the set.
+
+    Both seen on the broker (docs/fleet.md, "Effectively once", 7).
     """
 
     def __init__(self, consumer: Any, is_changelog: Callable[[TP], bool]) -> None:
@@ -104,9 +114,11 @@ class SeekBeforeStreaming:
         self._is_changelog = is_changelog
         self._resume = consumer.resume_partitions
         self._seek = consumer.perform_seek
+        self._fetch = consumer._getmany
         self.deferred: set[TP] = set()
         consumer.resume_partitions = self.resume_partitions
         consumer.perform_seek = self.perform_seek
+        consumer._getmany = self.getmany
 
     def resume_partitions(self, tps: Any) -> None:
         tps = set(tps)
@@ -127,6 +139,11 @@ class SeekBeforeStreaming:
                 self._resume(deferred)
             log.info("sought; resumed %d stream partition(s) of %d assigned", len(deferred), len(assigned))
 
+    async def getmany(self, active_partitions: set[TP] | None, timeout: float) -> Any:
+        # faust calls this only with a non-empty set (or None for client-only apps)
+        snapshot = frozenset(active_partitions) if active_partitions is not None else None
+        return await self._fetch(active_partitions=snapshot, timeout=timeout)
+
 
 def seek_before_streaming(app: faust.App) -> None:
     """Wrap the consumer faust creates (lazily, on its own loop) for this app."""
@@ -134,7 +151,7 @@ def seek_before_streaming(app: faust.App) -> None:
 
     def _new_consumer() -> Any:
         consumer = new_consumer()
-        SeekBeforeStreaming(consumer, lambda tp: tp.topic in app.tables.changelog_topics)
+        ConsumerGuards(consumer, lambda tp: tp.topic in app.tables.changelog_topics)
         return consumer
 
     app._new_consumer = _new_consumer  # type: ignore[method-assign]

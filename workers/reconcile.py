@@ -23,6 +23,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any, Final
 
 import asyncpg
@@ -100,7 +101,14 @@ def holder_name() -> str:
 
 
 def _jsonable(row: asyncpg.Record) -> dict[str, Any]:
-    return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()}
+    """A row for a finding's detail: times as ISO 8601; sums of coins (numeric) as integers."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, Decimal):
+            return int(v)
+        return v.isoformat() if hasattr(v, "isoformat") else v
+
+    return {k: plain(v) for k, v in row.items()}
 
 
 Finding = tuple[str, str | None, str]  # kind, account_id, detail (JSON)

@@ -54,12 +54,17 @@ class Fleet:
     # -- workers ---------------------------------------------------------------
 
     def start(self, name: str, role: str, state_dir: Path | None = None, http_port: int = 0) -> None:
-        args = [sys.executable, "-m", "costtrace.cli", "worker", "--role", role]
+        args = ["worker", "--role", role]
         if state_dir is not None:
             args += ["--state-dir", str(state_dir)]
+        self.start_command(name, args, http_port)
+
+    def start_command(self, name: str, args: list[str], http_port: int = 0) -> None:
+        """A `costtrace` process of this fleet, logging to <name>.log."""
         log = (self.tmp / f"{name}.log").open("ab")
         env = {**self.env, "COSTTRACE_HTTP_PORT": str(http_port)}
-        self.procs[name] = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        cmd = [sys.executable, "-m", "costtrace.cli", *args]
+        self.procs[name] = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
 
     def kill(self, name: str) -> None:
         proc = self.procs.pop(name)

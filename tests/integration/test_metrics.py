@@ -63,11 +63,17 @@ def eventually(check: Callable[[], Any], timeout: float = 60.0) -> Any:
 
 
 def test_a_running_fleet_serves_every_metric_the_dashboard_and_alerts_use(fleet: Fleet) -> None:
-    ports = {"allocator": free_port(), "sink": free_port(), "compensator": free_port()}
+    ports = {
+        "allocator": free_port(),
+        "sink": free_port(),
+        "compensator": free_port(),
+        "reconciler": free_port(),
+    }
     fleet.env["COSTTRACE_RETRY_REASONS"] = "[]"  # every dead letter parked at once: counts stay exact
     fleet.start("allocator", "allocator", fleet.tmp / "state", http_port=ports["allocator"])
     fleet.start("sink", "sink", http_port=ports["sink"])
     fleet.start("compensator", "compensator", http_port=ports["compensator"])
+    fleet.start_command("reconciler", ["reconcile", "--every", "2"], http_port=ports["reconciler"])
     lines = [encode_event(e) for e in generate_events(600, 80, seed=3, skew=1.0)]
     for phase in phases(lines):
         fleet.publish(phase)
@@ -76,8 +82,8 @@ def test_a_running_fleet_serves_every_metric_the_dashboard_and_alerts_use(fleet:
     def health(path: str) -> list[tuple[int, str]]:
         return [get(f"http://127.0.0.1:{port}{path}") for port in ports.values()]
 
-    assert eventually(lambda: health("/readyz") == [(200, "ok\n")] * 3)
-    assert health("/livez") == [(200, "ok\n")] * 3
+    assert eventually(lambda: health("/readyz") == [(200, "ok\n")] * 4)
+    assert health("/livez") == [(200, "ok\n")] * 4
 
     records = fleet.export()
     letters = sum(fleet.dead_letters().values())
@@ -95,6 +101,7 @@ def test_a_running_fleet_serves_every_metric_the_dashboard_and_alerts_use(fleet:
         assert total(got, "costtrace_compensations_total", outcome="parked") == letters
         # counted every 30 s from PostgreSQL
         assert total(got, "costtrace_parked_letters") == letters
+        assert total(got, "costtrace_reconcile_runs_total", status="ok") >= 1
         return got
 
     got = eventually(settled)
@@ -106,7 +113,7 @@ def test_a_running_fleet_serves_every_metric_the_dashboard_and_alerts_use(fleet:
     assert total(got, "costtrace_dead_letters_total") == letters > 0
     assert total(got, "costtrace_rejections_total") == letters
     assert total(got, "costtrace_end_to_end_latency_seconds_count", clock="broker") == len(records)
-    assert total(got, "costtrace_worker_ready") == 3
+    assert total(got, "costtrace_worker_ready") == len(ports)
 
     prometheus_scrapes_the_fleet_and_evaluates_the_rules(fleet.tmp, ports, len(lines))
 

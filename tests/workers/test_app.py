@@ -1,4 +1,4 @@
-"""The allocator's guard around faust's consumer: no stream event before the committed-offset seek."""
+"""The guards around faust's consumer: no stream event before its seek, no fetch of paused partitions."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 from faust.types import TP
 
-from workers.app import SeekBeforeStreaming
+from workers.app import ConsumerGuards
 
 STREAM, OTHER, CHANGELOG = TP("p.issued", 0), TP("p.issued", 1), TP("app-state-changelog", 0)
 
@@ -32,10 +32,15 @@ class Consumer:
     def assignment(self) -> set[TP]:
         return self.assigned
 
+    async def _getmany(self, active_partitions: Any, timeout: float) -> Any:
+        self.fetching = active_partitions
+        await asyncio.sleep(0)
+        return {tp: [] for tp in active_partitions}
+
 
 async def test_stream_partitions_resume_only_after_the_seek() -> None:
     consumer = Consumer()
-    SeekBeforeStreaming(consumer, lambda tp: tp.topic.endswith("-changelog"))
+    ConsumerGuards(consumer, lambda tp: tp.topic.endswith("-changelog"))
 
     consumer.resume_partitions({STREAM, OTHER, CHANGELOG})
     assert consumer.active == {CHANGELOG}  # changelogs resume at once (recovery reads them)
@@ -47,3 +52,14 @@ async def test_stream_partitions_resume_only_after_the_seek() -> None:
     # OTHER was revoked meanwhile (not in the assignment): it stays paused
     assert consumer.active == {CHANGELOG, STREAM}
     assert consumer.calls[1] == "seek while active=['app-state-changelog']"
+
+
+async def test_the_consumer_thread_fetches_a_snapshot_of_the_active_partitions() -> None:
+    consumer = Consumer()
+    ConsumerGuards(consumer, lambda tp: tp.topic.endswith("-changelog"))
+    active = {CHANGELOG}
+    fetch = asyncio.ensure_future(consumer._getmany(active_partitions=active, timeout=1.0))
+    await asyncio.sleep(0)
+    active.discard(CHANGELOG)  # recovery pauses the changelog while the fetch waits
+    assert await fetch == {CHANGELOG: []}
+    assert consumer.fetching == {CHANGELOG}, "an emptied set reads as every partition in aiokafka"
