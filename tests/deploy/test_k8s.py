@@ -102,7 +102,7 @@ def test_services_select_workloads_and_expose_metrics(rendered: tuple[str, list[
             s for s in by_kind(docs, "Service").values()
             if monitor["spec"]["selector"]["matchLabels"].items() <= s["metadata"]["labels"].items()
         ]  # fmt: skip
-        assert len(selected) == 3  # allocator, sink, compensator
+        assert len(selected) == 4  # allocator, sink, compensator, reconciler
         assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["metrics"]
 
 
@@ -132,3 +132,14 @@ def test_keda_scales_the_allocator_group_up_to_the_partition_count(
         by_kind(docs, "StatefulSet")["costtrace-allocator"]["spec"]["replicas"]
         <= obj["spec"]["maxReplicaCount"]
     )
+
+
+def test_the_reconciler_is_a_singleton_that_never_overlaps_itself(
+    rendered: tuple[str, list[dict[str, Any]]],
+) -> None:
+    _, docs = rendered
+    deployment = by_kind(docs, "Deployment")["costtrace-reconciler"]
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"]["type"] == "Recreate"  # the old pod goes before the new one starts
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["args"][:2] == ["reconcile", "--every"]

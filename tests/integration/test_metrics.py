@@ -47,7 +47,10 @@ def total(samples: dict[str, list[tuple[dict[str, str], float]]], name: str, **m
     return sum(v for labels, v in samples.get(name, []) if all(labels.get(k) == m for k, m in match.items()))
 
 
-def eventually(check: Callable[[], Any], timeout: float = 60.0) -> Any:
+def eventually(
+    check: Callable[[], Any], timeout: float = 60.0, show: Callable[[], Any] = lambda: None
+) -> Any:
+    """`check()` once it is true; `show()` says what was there instead when it never is."""
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -58,7 +61,7 @@ def eventually(check: Callable[[], Any], timeout: float = 60.0) -> Any:
             if time.monotonic() > deadline:
                 raise
         if time.monotonic() > deadline:
-            raise AssertionError(f"not true within {timeout} s: {check}")
+            raise AssertionError(f"not true within {timeout} s: {show()}")
         time.sleep(0.5)
 
 
@@ -82,7 +85,7 @@ def test_a_running_fleet_serves_every_metric_the_dashboard_and_alerts_use(fleet:
     def health(path: str) -> list[tuple[int, str]]:
         return [get(f"http://127.0.0.1:{port}{path}") for port in ports.values()]
 
-    assert eventually(lambda: health("/readyz") == [(200, "ok\n")] * 4)
+    assert eventually(lambda: health("/readyz") == [(200, "ok\n")] * 4, show=lambda: health("/readyz"))
     assert health("/livez") == [(200, "ok\n")] * 4
 
     records = fleet.export()
@@ -145,13 +148,11 @@ def prometheus_scrapes_the_fleet_and_evaluates_the_rules(
             assert status == 200, body
             return list(json.loads(body)["data"]["result"])
 
-        up = eventually(lambda: len(r := query("up == 1")) == 3 and r)
-        assert {s["metric"]["job"] for s in up} == {
-            "costtrace-allocator",
-            "costtrace-sink",
-            "costtrace-compensator",
-        }
-        events = eventually(lambda: query('sum(costtrace_events_total{type!="credit"})'))
+        up = eventually(lambda: len(r := query("up == 1")) == len(ports) and r, show=lambda: query("up"))
+        assert {s["metric"]["job"] for s in up} == {f"costtrace-{role}" for role in ports}
+        events = eventually(
+            lambda: query('sum(costtrace_events_total{type!="credit"})'), show=lambda: query("up")
+        )
         assert float(events[0]["value"][1]) == n_inputs
 
         def rules_evaluated() -> list[dict[str, Any]]:
@@ -162,7 +163,7 @@ def prometheus_scrapes_the_fleet_and_evaluates_the_rules(
             parked = any(r["name"] == "CosttraceParkedLetters" and r["state"] == "pending" for r in rules)
             return rules if evaluated and parked else []
 
-        rules = eventually(rules_evaluated)
+        rules = eventually(rules_evaluated, show=lambda: get(f"{api}/rules")[1][:3000])
         assert len(rules) == len(alert_rules())
         assert [r["name"] for r in rules if r["health"] != "ok"] == []
         # a drained fleet fires nothing but its parked letters (pending: they must wait 15 min)
