@@ -578,5 +578,91 @@ def reconcile(wait: bool, every: float | None, debt_age: str, lock_ttl: float) -
     sys.exit(0 if result.status == "ok" else 1)
 
 
+@main.group()
+def switch() -> None:
+    """The fleet-wide tracing switch in Redis, which running allocators follow without restart."""
+
+
+def _switch_client() -> Any:
+    import redis
+
+    return redis.Redis.from_url(_settings().redis_url.get_secret_value(), socket_timeout=5)
+
+
+@switch.command("on")
+@click.option("--node", metavar="T", help="the historical node: events at or before T are skipped (RFC 3339)")
+def switch_on(node: str | None) -> None:
+    """Trace every event, or (with --node) every event after the historical node."""
+    from workers.switch import SWITCH_KEY, Switch, encode_switch
+
+    try:
+        sw = Switch.of(True, node)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--node") from exc
+    _switch_client().set(SWITCH_KEY, encode_switch(sw))
+    click.echo(f"tracing {sw.describe()}")
+
+
+@switch.command("off")
+def switch_off() -> None:
+    """Skip every event but `opened` (opening balances), until switched on."""
+    from workers.switch import SWITCH_KEY, Switch, encode_switch
+
+    sw = Switch.of(False, None)
+    _switch_client().set(SWITCH_KEY, encode_switch(sw))
+    click.echo(f"tracing {sw.describe()}")
+
+
+@switch.command("status")
+def switch_status() -> None:
+    """What the switch says now (allocators pick it up within COSTTRACE_SWITCH_POLL seconds)."""
+    from workers.switch import SWITCH_KEY, Switch, decode_switch
+
+    raw = _switch_client().get(SWITCH_KEY)
+    sw = Switch() if raw is None else decode_switch(raw)
+    click.echo(f"tracing {sw.describe()}" + (" (not set)" if raw is None else ""))
+
+
+@main.command("migrate")
+@click.option("--as-of", "as_of", required=True, metavar="T", help="the historical node (RFC 3339 instant)")
+@click.option(
+    "--balances", required=True, type=click.Path(exists=True, dir_okay=False),
+    help="account balances at T: CSV (account_id,balance) or JSON, integers",
+)  # fmt: skip
+@click.option("--budget", default="LEGACY", show_default=True, help="budget of the opening batches")
+@click.option(
+    "--rate", type=float, default=None, help="events per second at most (default: as fast as possible)"
+)
+def migrate_cmd(as_of: str, balances: str, budget: str, rate: float | None) -> None:
+    """Publish one `opened` event per account from the balances at T; re-running or resuming adds nothing."""
+    import asyncio
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from workers.migrate import migrate, opening_events
+    from workers.reconcile import parse_ledger
+
+    try:
+        rows = parse_ledger(balances, Path(balances).read_text())
+        events = opening_events(as_of, [(account, amount) for account, amount, _ in rows], budget)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    negative = sum(1 for _, amount, _ in rows if amount < 0)
+    if negative:
+        raise click.ClickException(
+            f"{negative} account(s) have a negative balance at T: an opening balance cannot carry debt"
+        )
+    settings = _settings()
+    topic = f"{settings.topic_prefix}.opened"
+    with tqdm(total=len(events), unit="account", disable=None) as bar:
+        redis_url = settings.redis_url.get_secret_value()
+        start, sent = asyncio.run(
+            migrate(settings.kafka_bootstrap, topic, redis_url, as_of, events, rate, bar.update)
+        )
+    resumed = f"resumed after {start:,}; " if start else ""
+    click.echo(f"{resumed}published {sent:,} opening balance(s) to {topic}; {len(events):,} in all")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -24,13 +24,17 @@ from collections.abc import Callable
 from typing import Any
 
 import faust
+import msgspec
+import redis.asyncio as aioredis
 from faust.types import TP
+from redis.exceptions import RedisError
 
 from topics.catalogue import Catalogue, catalogue
 from workers.allocator import Allocator, Message, StopOnSendError
 from workers.metrics import Health, Metrics, lag_of, serve
 from workers.settings import Settings
 from workers.state import AccountsHeld, TableStore
+from workers.switch import SWITCH_KEY, SwitchHolder
 
 log = logging.getLogger(__name__)
 
@@ -250,6 +254,32 @@ def allocator_app(settings: Settings) -> faust.App:
 
     metrics = observe(app, settings, "allocator", settings.app_id, {*cat.inputs, cat.credits}, ready)
     held = AccountsHeld(local.store)
+    # kept beside the state folder, which is emptied after an unclean exit
+    switch = SwitchHolder(settings.state_dir.with_name(settings.state_dir.name + ".switch.json"))
+    redis_client = aioredis.Redis.from_url(
+        settings.redis_url.get_secret_value(), socket_timeout=1.0, socket_connect_timeout=1.0
+    )
+
+    def show_switch() -> None:
+        metrics.tracing_on.set(1 if switch.current.on else 0)
+        metrics.tracing_node.set((switch.current.node_ns or 0) / 1e9)
+
+    show_switch()
+
+    @app.timer(settings.switch_poll)  # type: ignore[untyped-decorator]
+    async def _read_switch() -> None:
+        try:
+            raw = await redis_client.get(SWITCH_KEY)
+        except (RedisError, OSError) as exc:
+            metrics.switch_read_failures.inc()
+            log.warning("tracing switch not read (%r); going on with: %s", exc, switch.current.describe())
+            return
+        try:
+            switch.update(raw)
+        except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+            metrics.switch_read_failures.inc()
+            log.error("tracing switch unreadable (%r); going on with: %s", exc, switch.current.describe())
+        show_switch()
 
     def on_sent(fut: asyncio.Future[Any]) -> None:
         if fut.cancelled() or fut.exception() is not None:
@@ -279,7 +309,10 @@ def allocator_app(settings: Settings) -> faust.App:
 
     @app.agent(source, name="allocator")
     async def allocate(stream: faust.StreamT[bytes]) -> None:
-        allocator = Allocator(store, cat.credits, cat.allocations, cat.dead_letters)
+        allocator = Allocator(
+            store, cat.credits, cat.allocations, cat.dead_letters,
+            skips=lambda event_type, occurred_ns: switch.current.skips(event_type, occurred_ns),
+        )  # fmt: skip
         async for event in stream.events():
             m = event.message
             try:

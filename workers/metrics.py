@@ -144,6 +144,19 @@ class Metrics:
             "When a reconcile run last completed (Unix time).",
             registry=r,
         )
+        self.tracing_on = Gauge(
+            "costtrace_tracing_on", "The tracing switch this worker goes by: 1 on, 0 off.", registry=r
+        )
+        self.tracing_node = Gauge(
+            "costtrace_tracing_node_timestamp_seconds",
+            "The historical node this worker goes by (Unix time; 0: none). Earlier events are skipped.",
+            registry=r,
+        )
+        self.switch_read_failures = Counter(
+            "costtrace_switch_read_failures",
+            "Failed reads of the tracing switch (Redis down): the worker keeps the last switch it read.",
+            registry=r,
+        )
         self.accounts = Gauge(
             "costtrace_accounts_held", "Accounts whose state this worker holds.", registry=r
         )

@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     retry_attempts: int = 5
     retry_delays: tuple[float, ...] = (5.0, 30.0, 120.0, 600.0)
 
+    # how often allocators read the tracing switch from Redis (workers/switch.py)
+    switch_poll: float = 2.0
+
     # /metrics, /livez and /readyz (workers.metrics); in a container: 0.0.0.0
     http_host: str = "127.0.0.1"
     http_port: int = 9400

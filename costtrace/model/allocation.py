@@ -62,6 +62,7 @@ class Status(StrEnum):
     REPEAT = "repeat"  # exact repeat of an applied event: ignored
     REJECTED = "rejected"
     REDELIVERED = "redelivered"  # read again at a position already applied
+    SKIPPED = "skipped"  # left out by the fleet's tracing switch (workers/switch.py); never in replay
 
 
 class Outcome(msgspec.Struct, gc=False):

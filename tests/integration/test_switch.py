@@ -1,0 +1,144 @@
+"""The historical node on the real stack: `costtrace migrate` killed halfway and resumed, the tracing
+switch followed by a running allocator, and Redis going away and coming back."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.integration.fleet import REPO, Fleet
+from tests.integration.test_compensation import event, eventually, query
+from tests.integration.test_metrics import free_port, scrape, total
+
+NODE = "2026-03-01T00:00:00Z"
+N = 3000
+
+
+class PrivateRedis:
+    """A Redis of this test's own, so that it can go down without touching the shared stack."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.port = free_port()
+        self.tmp = tmp
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def up(self) -> None:
+        args = [
+            "redis-server",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--dir",
+            str(self.tmp),
+        ]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL)
+        eventually(lambda: redis.Redis(port=self.port).ping())
+
+    def down(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    r = PrivateRedis(tmp_path)
+    r.up()
+    yield r
+    r.down()
+
+
+def consume(event_id: str, account: str, order: str, amount: int, at: str) -> bytes:
+    return event(
+        event_id=event_id, type="consumed", account_id=account, order_id=order, amount=amount, occurred_at=at
+    )
+
+
+def cli(fleet: Fleet, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "costtrace.cli", *args],
+        env=fleet.env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def run(fleet: Fleet, *args: str) -> str:
+    proc = cli(fleet, *args)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    return out
+
+
+def test_a_migration_killed_halfway_resumes_and_the_switch_skips_what_the_node_holds(
+    fleet: Fleet, private_redis: PrivateRedis
+) -> None:
+    fleet.env["COSTTRACE_REDIS_URL"] = private_redis.url
+    fleet.env["COSTTRACE_SWITCH_POLL"] = "0.5"
+    assert "historical node 2026-03-01T00:00:00Z" in run(fleet, "switch", "on", "--node", NODE)
+    port = free_port()
+    fleet.start("allocator", "allocator", fleet.tmp / "state", http_port=port)
+    fleet.start("sink", "sink")
+
+    balances = fleet.tmp / "balances.csv"
+    balances.write_text("account_id,balance\n" + "".join(f"acct-{i:05d},{100 + i}\n" for i in range(N)))
+    migration = cli(fleet, "migrate", "--as-of", NODE, "--balances", str(balances), "--rate", "1000")
+    client = redis.Redis(port=private_redis.port)
+
+    def checkpoint() -> int:
+        return sum(int(client.get(k) or 0) for k in client.keys("costtrace:migrate:*"))
+
+    eventually(lambda: checkpoint() >= 1000)
+    migration.send_signal(signal.SIGKILL)
+    migration.wait(timeout=10)
+    halfway = checkpoint()
+    assert 1000 <= halfway < N
+    assert f"resumed after {halfway:,}; published {N - halfway:,}" in run(
+        fleet, "migrate", "--as-of", NODE, "--balances", str(balances)
+    )
+    assert f"resumed after {N:,}; published 0" in run(
+        fleet, "migrate", "--as-of", NODE, "--balances", str(balances)
+    )
+
+    fleet.publish(
+        [
+            consume("c-before", "acct-00001", "o1", 10, "2026-02-28T12:00:00Z"),
+            consume("c-after", "acct-00001", "o2", 30, "2026-03-01T00:00:01Z"),
+        ]
+    )
+    fleet.drain()
+    opened = query(fleet, "SELECT account_id, amount FROM records WHERE kind = 'open' ORDER BY account_id")
+    assert opened == [{"account_id": f"acct-{i:05d}", "amount": 100 + i} for i in range(N)]  # once each
+    consumes = query(fleet, "SELECT event_id, batch_id, amount FROM records WHERE kind = 'consume'")
+    assert consumes == [{"event_id": "c-after", "batch_id": f"opening@{NODE}", "amount": -30}]
+    assert query(fleet, "SELECT * FROM dead_letters") == []
+    metrics = scrape(port)
+    assert total(metrics, "costtrace_events_total", type="consumed", outcome="skipped") == 1
+
+    # Redis goes away: the allocator keeps the node, also across a restart
+    private_redis.down()
+    fleet.stop_all()
+    fleet.start("allocator", "allocator", fleet.tmp / "state", http_port=port)
+    fleet.start("sink", "sink")
+    fleet.publish([consume("c-before-2", "acct-00002", "o3", 5, "2026-02-15T00:00:00Z")])
+    fleet.drain()
+    assert query(fleet, "SELECT 1 FROM records WHERE event_id = 'c-before-2'") == []
+    down = scrape(port)
+    assert total(down, "costtrace_tracing_node_timestamp_seconds") > 0
+    assert total(down, "costtrace_switch_read_failures_total") > 0
+
+    # and follows the switch again once Redis is back (empty: not set means on, no node)
+    private_redis.up()
+    eventually(lambda: total(scrape(port), "costtrace_tracing_node_timestamp_seconds") == 0)
+    fleet.publish([consume("c-before-3", "acct-00003", "o4", 5, "2026-02-15T00:00:00Z")])
+    fleet.drain()
+    assert query(fleet, "SELECT amount FROM records WHERE event_id = 'c-before-3'") == [{"amount": -5}]
