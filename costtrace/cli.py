@@ -664,5 +664,34 @@ def migrate_cmd(as_of: str, balances: str, budget: str, rate: float | None) -> N
     click.echo(f"{resumed}published {sent:,} opening balance(s) to {topic}; {len(events):,} in all")
 
 
+@main.command()
+@click.option("--to-prefix", required=True, help="topic prefix of the new generation")
+@click.option(
+    "--to-app-id", required=True, help="allocator app id (consumer group, changelog) of the new generation"
+)
+@click.option("--partitions", type=int, required=True, help="partition count of the new generation")
+def repartition(to_prefix: str, to_app_id: str, partitions: int) -> None:
+    """Create a new generation of topics with another partition count, and carry the allocators' state over.
+
+    Run it with the old generation's settings, after pausing producers and
+    draining the old fleet (docs/operations.md, "Adding partitions").
+    """
+    import asyncio
+
+    from topics.admin import create
+    from topics.catalogue import catalogue
+    from workers.repartition import copy_state
+
+    settings = _settings()
+    if to_prefix == settings.topic_prefix or to_app_id == settings.app_id:
+        raise click.UsageError("the new generation needs its own prefix and app id")
+    new = catalogue(to_prefix, partitions, to_app_id, len(settings.retry_delays))
+    created = asyncio.run(create(settings.kafka_bootstrap, new, settings.replication))
+    click.echo(f"{len(created)} topic(s) created for {to_prefix} with {partitions} partitions")
+    old, changelog = f"{settings.app_id}-state-changelog", f"{to_app_id}-state-changelog"
+    copied = asyncio.run(copy_state(settings.kafka_bootstrap, old, changelog, partitions))
+    click.echo(f"carried {copied:,} state record(s) over to {to_app_id}-state-changelog")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -47,6 +47,14 @@ def _account_prefix(account_id: str) -> bytes:
     return b"%d:%s" % (len(encoded), encoded)
 
 
+def account_of_key(key: bytes) -> str:
+    """The account a table key belongs to: `{namespace byte}{len}:{account}{rest}`."""
+    length, sep, rest = key[1:].partition(b":")
+    if not sep or not length.isdigit() or len(rest) < int(length):
+        raise ValueError(f"not a state key: {key!r}")
+    return rest[: int(length)].decode()
+
+
 _header_decoder = msgspec.msgpack.Decoder(Header)
 
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from costtrace.model.allocation import Status, apply_event
 from costtrace.model.state import MemoryStore, Position
 from tests.model.test_properties import logs
-from workers.state import TableStore
+from workers.state import TableStore, account_of_key
 
 
 class LoggedTable(dict[bytes, bytes]):
@@ -98,3 +98,15 @@ def test_any_allowed_crash_then_redelivery_gives_replays_records(
 
     want = {msgspec.json.decode(r)["record_id"]: r for r in expected if b'"record_id"' in r}
     assert delivered == want
+
+
+def test_every_state_key_names_its_account() -> None:
+    table = LoggedTable()
+    tstore = TableStore(table)
+    for account in ("alice", "b:o:b", "çå", "12:34"):
+        raw = msgspec.json.encode(
+            {"event_id": "e", "type": "issued", "account_id": account, "occurred_at": "2026-01-01T00:00:00Z",
+             "batch_id": "b", "budget_id": "B", "amount": 5}
+        )  # fmt: skip
+        apply_event(tstore, raw, Position("t:0", 0))
+    assert {account_of_key(k) for k, _ in table.changelog} == {"alice", "b:o:b", "çå", "12:34"}
