@@ -693,5 +693,39 @@ def repartition(to_prefix: str, to_app_id: str, partitions: int) -> None:
     click.echo(f"carried {copied:,} state record(s) over to {to_app_id}-state-changelog")
 
 
+@main.command("archive")
+@click.option(
+    "--before", required=True, metavar="DATE", help="archive orders whose every record came before DATE"
+)
+@click.option("--chunk", type=int, default=1000, show_default=True, help="orders per checked chunk")
+def archive_cmd(before: str, chunk: int) -> None:
+    """Move settled orders past their refund window to the archive tables, and out of the accounts' state."""
+    import asyncio
+    from datetime import UTC, datetime
+
+    from tqdm import tqdm
+
+    from workers.app import fleet_catalogue
+    from workers.archive import ArchiveMismatch, archive
+
+    try:
+        when = datetime.fromisoformat(before)
+    except ValueError as exc:
+        raise click.BadParameter(f"not an ISO 8601 date or time: {before!r}", param_hint="--before") from exc
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    settings = _settings()
+    topic = fleet_catalogue(settings).archive
+    with tqdm(unit="order", disable=None) as bar:
+        try:
+            dsn = settings.postgres_dsn.get_secret_value()
+            orders, moved, told = asyncio.run(
+                archive(dsn, settings.kafka_bootstrap, topic, when, chunk, bar.update)
+            )
+        except ArchiveMismatch as exc:
+            raise click.ClickException(str(exc)) from exc
+    click.echo(f"archived {orders:,} order(s), {moved:,} record(s); told {told:,} account(s)' state")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

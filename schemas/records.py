@@ -38,6 +38,7 @@ class Reason(StrEnum):
     REFUND_EXCEEDS_ORDER = "refund_exceeds_order"
     SELF_TRANSFER = "self_transfer"
     INSUFFICIENT_STOCK = "insufficient_stock"
+    ORDER_ARCHIVED = "order_archived"  # the fleet only: a refund of an order `costtrace archive` moved
 
 
 class Record(msgspec.Struct, omit_defaults=True, gc=False):

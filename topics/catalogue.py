@@ -59,7 +59,11 @@ class Catalogue:
 
     @property
     def credits(self) -> str:
-        return self.by_role("internal")[0].name
+        return next(t.name for t in self.by_role("internal") if t.name.endswith(".credits"))
+
+    @property
+    def archive(self) -> str:
+        return next(t.name for t in self.by_role("internal") if t.name.endswith(".archive"))
 
     @property
     def allocations(self) -> str:
@@ -112,6 +116,15 @@ def catalogue(prefix: str, partitions: int, app_id: str, retry_tiers: int = 4) -
                 key="to_account_id",
                 role="internal",
                 description="the receiving half of each transfer, sent to the receiver's partition",
+                configs=INPUT_RETENTION,
+                copartition_group=ACCOUNT_GROUP,
+            ),
+            TopicSpec(
+                name=f"{prefix}.archive",
+                partitions=partitions,
+                key="account_id",
+                role="internal",
+                description="orders `costtrace archive` moved, for their account's state",
                 configs=INPUT_RETENTION,
                 copartition_group=ACCOUNT_GROUP,
             ),

@@ -26,8 +26,8 @@ from typing import Any, Final
 
 import msgspec
 
-from costtrace.model.allocation import Outcome, Status, apply_credit, apply_event
-from costtrace.model.state import Credit, Position, Store
+from costtrace.model.allocation import Outcome, Status, apply_archive, apply_credit, apply_event
+from costtrace.model.state import Archive, Credit, Position, Store
 from schemas.events import EVENT_TYPES, Event, Invalid, parse_event
 from schemas.records import Kind, Rejection
 
@@ -39,6 +39,7 @@ ORIGIN_HEADER: Final = "costtrace-origin"
 _json = msgspec.json.Encoder()
 _credit_encoder = msgspec.msgpack.Encoder()
 _credit_decoder = msgspec.msgpack.Decoder(Credit)
+_archive_decoder = msgspec.json.Decoder(Archive)
 _TYPE_NAMES: Final = {cls: str(cls.__struct_config__.tag) for cls in EVENT_TYPES}
 
 
@@ -133,9 +134,11 @@ class Allocator:
         dead_letters_topic: str,
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
         skips: Callable[[str, int], bool] = lambda event_type, occurred_ns: False,
+        archive_topic: str | None = None,
     ) -> None:
         self.store = store
         self.skips = skips
+        self.archive_topic = archive_topic
         self.credits_topic = credits_topic
         self.allocations_topic = allocations_topic
         self.dead_letters_topic = dead_letters_topic
@@ -148,6 +151,9 @@ class Allocator:
             if msg.topic == self.credits_topic:
                 event_type = "credit"
                 outcome = apply_credit(self.store, decode_credit(msg.value), position)
+            elif msg.topic == self.archive_topic:
+                event_type = "archive"
+                outcome = apply_archive(self.store, _archive_decoder.decode(msg.value), position)
             else:
                 ev = parse_event(msg.value)
                 if not isinstance(ev, Invalid):

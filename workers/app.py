@@ -240,7 +240,7 @@ def allocator_app(settings: Settings) -> faust.App:
     table = app.Table("state", partitions=settings.partitions, key_type=bytes, value_type=bytes)
     seek_before_streaming(app)
     changelog = table.changelog_topic.get_topic_name()
-    source = app.topic(*cat.inputs, cat.credits, **RAW)
+    source = app.topic(*cat.inputs, cat.credits, cat.archive, **RAW)
     local = _LocalTable(table)
     store = TableStore(local)
     stop = StopOnSendError()
@@ -252,7 +252,9 @@ def allocator_app(settings: Settings) -> faust.App:
             return "recovering tables"
         return None
 
-    metrics = observe(app, settings, "allocator", settings.app_id, {*cat.inputs, cat.credits}, ready)
+    metrics = observe(
+        app, settings, "allocator", settings.app_id, {*cat.inputs, cat.credits, cat.archive}, ready
+    )
     held = AccountsHeld(local.store)
     # kept beside the state folder, which is emptied after an unclean exit
     switch = SwitchHolder(settings.state_dir.with_name(settings.state_dir.name + ".switch.json"))
@@ -310,7 +312,7 @@ def allocator_app(settings: Settings) -> faust.App:
     @app.agent(source, name="allocator")
     async def allocate(stream: faust.StreamT[bytes]) -> None:
         allocator = Allocator(
-            store, cat.credits, cat.allocations, cat.dead_letters,
+            store, cat.credits, cat.allocations, cat.dead_letters, archive_topic=cat.archive,
             skips=lambda event_type, occurred_ns: switch.current.skips(event_type, occurred_ns),
         )  # fmt: skip
         async for event in stream.events():

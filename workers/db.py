@@ -133,7 +133,7 @@ async def iter_records(dsn: str) -> AsyncIterator[asyncpg.Record]:
         async with conn.transaction():
             query = (
                 "SELECT record_id, event_id, kind, account_id, batch_id, budget_id, amount, order_id,"
-                " refund_id, transfer_id, merchant_id FROM records ORDER BY account_id, step, seq"
+                " refund_id, transfer_id, merchant_id FROM all_records ORDER BY account_id, step, seq"
             )
             async for row in conn.cursor(query, prefetch=5000):
                 yield row

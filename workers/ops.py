@@ -107,18 +107,18 @@ async def report(dsn: str) -> tuple[Report, Latency | None]:
                    coalesce(-sum(amount) FILTER (WHERE kind IN ('consume', 'trueup')), 0) AS consumed,
                    coalesce(sum(amount) FILTER (WHERE kind = 'refund'), 0) AS refunded,
                    coalesce(sum(amount) FILTER (WHERE kind IN ('transfer_in', 'transfer_out')), 0) AS moved
-            FROM records WHERE batch_id <> 'SUSPENSE' GROUP BY budget_id
+            FROM all_records WHERE batch_id <> 'SUSPENSE' GROUP BY budget_id
             """
         )
         debt = await conn.fetchval("SELECT coalesce(sum(debt), 0) FROM debt")
         reasons = await conn.fetch("SELECT reason, count(*) AS n FROM dead_letters GROUP BY reason")
-        n_records = await conn.fetchval("SELECT count(*) FROM records")
+        n_records = await conn.fetchval("SELECT count(*) FROM all_records")
         lat = await conn.fetchrow(
             """
             SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms) AS p50,
                    percentile_cont(0.99) WITHIN GROUP (ORDER BY ms) AS p99, count(*) AS n
             FROM (SELECT extract(epoch FROM persisted_at - received_at) * 1000 AS ms
-                  FROM records WHERE received_at IS NOT NULL) t
+                  FROM all_records WHERE received_at IS NOT NULL) t
             """
         )
     finally:

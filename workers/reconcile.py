@@ -49,7 +49,7 @@ CHECKS: Final[dict[str, tuple[str, str]]] = {
         """SELECT account_id, order_id,
                   coalesce(-sum(amount) FILTER (WHERE kind = 'consume'), 0) AS consumed,
                   coalesce(sum(amount) FILTER (WHERE kind = 'refund'), 0) AS refunded
-           FROM records WHERE order_id IS NOT NULL GROUP BY account_id, order_id
+           FROM all_records WHERE order_id IS NOT NULL GROUP BY account_id, order_id
            HAVING coalesce(sum(amount) FILTER (WHERE kind = 'refund'), 0)
                 > coalesce(-sum(amount) FILTER (WHERE kind = 'consume'), 0)""",
         "per order: refunds never exceed what was consumed",
@@ -60,13 +60,13 @@ CHECKS: Final[dict[str, tuple[str, str]]] = {
         "no account has both debt and open stock",
     ),
     "budget_transfer_imbalance": (
-        """SELECT budget_id, sum(amount) AS net FROM records WHERE kind IN ('transfer_in', 'transfer_out')
+        """SELECT budget_id, sum(amount) AS net FROM all_records WHERE kind IN ('transfer_in', 'transfer_out')
            GROUP BY budget_id HAVING sum(amount) <> 0""",
         "transfers move coins between accounts, never between budgets (a credit in flight shows here too)",
     ),
 }
 BALANCES: Final = """
-WITH traced AS (SELECT account_id, sum(amount) AS balance FROM records GROUP BY account_id)
+WITH traced AS (SELECT account_id, sum(amount) AS balance FROM all_records GROUP BY account_id)
 SELECT coalesce(t.account_id, l.account_id) AS account_id,
        coalesce(t.balance, 0) AS traced, coalesce(l.balance, 0) AS ledger
 FROM traced t FULL JOIN ledger_balances l USING (account_id)
@@ -75,7 +75,7 @@ ORDER BY 1
 """
 OLD_DEBT: Final = """
 SELECT account_id, order_id, -sum(amount) AS debt, min(received_at) AS since
-FROM records WHERE batch_id = 'SUSPENSE' GROUP BY account_id, order_id
+FROM all_records WHERE batch_id = 'SUSPENSE' GROUP BY account_id, order_id
 HAVING sum(amount) < 0 AND min(received_at) < now() - $1::interval
 ORDER BY since
 """

@@ -23,6 +23,7 @@ import msgspec
 
 from costtrace.model.state import (
     AccountState,
+    Archive,
     BatchInfo,
     Credit,
     CreditSlice,
@@ -262,6 +263,8 @@ def _refunded(ch: _Change, ev: Refunded) -> Credit | None:
     order = state.orders.get(oid)
     if order is None:
         raise _Rejected(Reason.UNKNOWN_ORDER, f"order {oid!r} has not been consumed on this account")
+    if order.archived:
+        raise _Rejected(Reason.ORDER_ARCHIVED, f"order {oid!r} is archived: past its refund window")
     unrefunded = order.amount - order.refunded
     if ev.amount > unrefunded:
         raise _Rejected(
@@ -398,6 +401,26 @@ def apply_event(
     credits = [credit] if credit is not None else []
     outcome = Outcome(Status.APPLIED, account_id, ch.records, credits, step=state.head.steps)
     return _finish(store, state, account_id, outcome, position, True)
+
+
+def apply_archive(store: Store, archive: Archive, position: Position | None = None) -> Outcome:
+    """Drop the slices of archived orders (the fleet's `costtrace archive`); records nothing.
+
+    An order with debt still on SUSPENSE is kept whole: its trueups are yet to
+    come. Archiving an order twice changes nothing.
+    """
+    account_id = archive.account_id
+    state = store.account(account_id)
+    if position is not None and _already_read(state, position):
+        return _recall(state, account_id, position)
+    changed = False
+    for oid in archive.order_ids:
+        order = state.orders.get(oid)
+        if order is None or order.archived or order.suspense:
+            continue
+        state.orders[oid] = Order(order.amount, order.merchant_id, order.refunded, archived=True)
+        changed = True
+    return _finish(store, state, account_id, Outcome(Status.APPLIED, account_id, [], []), position, changed)
 
 
 def apply_credit(store: Store, credit: Credit, position: Position | None = None) -> Outcome:

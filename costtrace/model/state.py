@@ -96,6 +96,8 @@ class Order(msgspec.Struct, array_like=True, gc=False):
     suspense: int = 0  # still owed on SUSPENSE
     consumes: list[Slice] = msgspec.field(default_factory=list)
     trueups: list[Slice] = msgspec.field(default_factory=list)
+    # archived (`costtrace archive`): its slices are gone, a late refund is `order_archived`
+    archived: bool = False
 
 
 class CreditSlice(msgspec.Struct, array_like=True, gc=False):
@@ -118,6 +120,13 @@ class Credit(msgspec.Struct, array_like=True, frozen=True, gc=False):
     to_account_id: str
     seq: int
     slices: list[CreditSlice]
+
+
+class Archive(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """Orders of one account whose records went to the archive: the fleet drops their slices."""
+
+    account_id: str
+    order_ids: list[str]
 
 
 class Outputs(msgspec.Struct, array_like=True, gc=False):

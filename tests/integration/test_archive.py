@@ -1,0 +1,45 @@
+"""Archiving on the real stack: settled orders leave the hot table in checked chunks, every view and
+export stays the same, and the account's state refuses a late refund of an archived order."""
+
+from __future__ import annotations
+
+from tests.integration.fleet import Fleet, by_account, replay
+from tests.integration.test_compensation import event, query
+from tests.integration.test_switch import run
+
+
+def test_archived_orders_leave_the_hot_table_and_their_state(fleet: Fleet) -> None:
+    log = [
+        event(event_id="i1", type="issued", account_id="ann", batch_id="b1", budget_id="B1", amount=100),
+        event(event_id="c1", type="consumed", account_id="ann", order_id="o1", amount=60),
+        event(event_id="c2", type="consumed", account_id="bo", order_id="o9", amount=25),  # all debt: kept
+    ]
+    refund = event(event_id="r1", type="refunded", account_id="ann", refund_id="f1", order_id="o1", amount=10)
+    fleet.start("allocator", "allocator", fleet.tmp / "state")
+    fleet.start("sink", "sink")
+    for line in [*log, refund]:
+        fleet.publish([line])
+        fleet.drain()
+    expected, _ = replay([*log, refund])
+    stock_before = query(fleet, "SELECT * FROM stock ORDER BY account_id, batch_id")
+    debt_before = query(fleet, "SELECT * FROM debt")
+    hot_before = query(fleet, "SELECT count(*) AS n FROM records")[0]["n"]
+
+    out = run(fleet, "archive", "--before", "2999-01-01", "--chunk", "1")
+    assert "archived 1 order(s), 2 record(s); told 1 account(s)' state" in out  # o1: its consume and refund
+    assert query(fleet, "SELECT count(*) AS n FROM records")[0]["n"] == hot_before - 2
+    assert query(fleet, "SELECT order_id, records, amount FROM archived_orders") == [
+        {"order_id": "o1", "records": 2, "amount": -50}
+    ]
+    assert by_account(fleet.export()) == expected  # exports read both tables
+    assert query(fleet, "SELECT * FROM stock ORDER BY account_id, batch_id") == stock_before
+    assert query(fleet, "SELECT * FROM debt") == debt_before
+    assert "archived 0 order(s), 0 record(s); told 0" in run(fleet, "archive", "--before", "2999-01-01")
+
+    late = event(event_id="r2", type="refunded", account_id="ann", refund_id="f2", order_id="o1", amount=5)
+    fleet.publish([late])
+    fleet.drain()
+    assert query(fleet, "SELECT reason FROM dead_letters WHERE event_id = 'r2'") == [
+        {"reason": "order_archived"}
+    ]
+    assert query(fleet, "SELECT 1 FROM records WHERE event_id = 'r2'") == []
