@@ -35,30 +35,48 @@ HAVING max(received_at) < $1
 ORDER BY account_id, order_id
 LIMIT $2
 """
+# fully spent batches whose order records are archived already: their own records (issue, transfers)
+SPENT_BATCHES: Final = """
+SELECT h.account_id, h.batch_id
+FROM records h
+WHERE h.batch_id <> 'SUSPENSE'
+GROUP BY h.account_id, h.batch_id
+HAVING max(h.received_at) < $1 AND bool_and(h.order_id IS NULL)
+   AND (SELECT sum(a.amount) FROM all_records a
+        WHERE a.account_id = h.account_id AND a.batch_id = h.batch_id) = 0
+ORDER BY 1, 2
+LIMIT $2
+"""
 # the chunk's keys as two parallel arrays
 IN_CHUNK: Final = "(account_id, order_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))"
+IN_BATCH_CHUNK: Final = "(account_id, batch_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))"
 
 
 class ArchiveMismatch(RuntimeError):
     """A chunk's copy did not match the rows it was to replace; nothing of that chunk was deleted."""
 
 
-async def _move_chunk(conn: asyncpg.Connection, accounts: list[str], orders: list[str]) -> int:
+async def _move_chunk(
+    conn: asyncpg.Connection, accounts: list[str], keys: list[str], by_order: bool = True
+) -> int:
+    """Copy, compare count and sum, delete: one transaction per chunk of orders (or of spent batches)."""
+    where = IN_CHUNK if by_order else IN_BATCH_CHUNK
+    orders = keys
     async with conn.transaction():
         totals = "count(*) AS n, coalesce(sum(amount), 0) AS total"
-        source = await conn.fetchrow(f"SELECT {totals} FROM records WHERE {IN_CHUNK}", accounts, orders)
+        source = await conn.fetchrow(f"SELECT {totals} FROM records WHERE {where}", accounts, orders)
         columns = ", ".join(name for name, _ in RECORD_COLUMNS) + ", persisted_at"
-        copy = f"INSERT INTO records_archive ({columns}) SELECT {columns} FROM records WHERE {IN_CHUNK}"
-        await conn.execute(copy, accounts, orders)
-        copied = await conn.fetchrow(
-            f"SELECT {totals} FROM records_archive WHERE {IN_CHUNK}", accounts, orders
-        )
+        copy = f"INSERT INTO records_archive ({columns}) SELECT {columns} FROM records WHERE {where}"
+        copy += " RETURNING amount"
+        copied = await conn.fetchrow(f"WITH copied AS ({copy}) SELECT {totals} FROM copied", accounts, orders)
         if (copied["n"], copied["total"]) != (source["n"], source["total"]):
             raise ArchiveMismatch(
-                f"chunk of {len(orders)} orders: copied {copied['n']} records summing {copied['total']}, "
+                f"chunk of {len(orders)} keys: copied {copied['n']} records summing {copied['total']}, "
                 f"hot table has {source['n']} summing {source['total']}; rolled back"
             )
-        await conn.execute(f"DELETE FROM records WHERE {IN_CHUNK}", accounts, orders)
+        await conn.execute(f"DELETE FROM records WHERE {where}", accounts, orders)
+        if not by_order:
+            return int(source["n"])
         await conn.execute(
             """INSERT INTO archived_orders (account_id, order_id, records, amount)
                SELECT r.account_id, r.order_id, count(*), sum(r.amount) FROM records_archive r
@@ -111,6 +129,12 @@ async def archive(
             moved += await _move_chunk(conn, accounts, ids)
             orders += len(keys)
             progress(len(keys))
+        while True:
+            keys = await conn.fetch(SPENT_BATCHES, before, chunk)
+            if not keys:
+                break
+            accounts, ids = [k["account_id"] for k in keys], [k["batch_id"] for k in keys]
+            moved += await _move_chunk(conn, accounts, ids, by_order=False)
         told = await _tell_states(conn, bootstrap, topic)
         return orders, moved, told
     finally:

@@ -12,6 +12,8 @@ def test_archived_orders_leave_the_hot_table_and_their_state(fleet: Fleet) -> No
     log = [
         event(event_id="i1", type="issued", account_id="ann", batch_id="b1", budget_id="B1", amount=100),
         event(event_id="c1", type="consumed", account_id="ann", order_id="o1", amount=60),
+        event(event_id="i2", type="issued", account_id="cy", batch_id="b2", budget_id="B2", amount=30),
+        event(event_id="c3", type="consumed", account_id="cy", order_id="o3", amount=30),  # spends b2 fully
         event(event_id="c2", type="consumed", account_id="bo", order_id="o9", amount=25),  # all debt: kept
     ]
     refund = event(event_id="r1", type="refunded", account_id="ann", refund_id="f1", order_id="o1", amount=10)
@@ -26,10 +28,16 @@ def test_archived_orders_leave_the_hot_table_and_their_state(fleet: Fleet) -> No
     hot_before = query(fleet, "SELECT count(*) AS n FROM records")[0]["n"]
 
     out = run(fleet, "archive", "--before", "2999-01-01", "--chunk", "1")
-    assert "archived 1 order(s), 2 record(s); told 1 account(s)' state" in out  # o1: its consume and refund
-    assert query(fleet, "SELECT count(*) AS n FROM records")[0]["n"] == hot_before - 2
-    assert query(fleet, "SELECT order_id, records, amount FROM archived_orders") == [
-        {"order_id": "o1", "records": 2, "amount": -50}
+    # o1 (its consume and refund), o3 (its consume), then b2, spent: its issue record
+    assert "archived 2 order(s), 4 record(s); told 2 account(s)' state" in out
+    assert query(fleet, "SELECT count(*) AS n FROM records")[0]["n"] == hot_before - 4
+    assert query(fleet, "SELECT order_id, records, amount FROM archived_orders ORDER BY 1") == [
+        {"order_id": "o1", "records": 2, "amount": -50},
+        {"order_id": "o3", "records": 1, "amount": -30},
+    ]
+    assert query(fleet, "SELECT kind FROM records WHERE account_id = 'cy'") == []
+    assert query(fleet, "SELECT kind FROM records WHERE account_id = 'ann' ORDER BY kind") == [
+        {"kind": "issue"}
     ]
     assert by_account(fleet.export()) == expected  # exports read both tables
     assert query(fleet, "SELECT * FROM stock ORDER BY account_id, batch_id") == stock_before
