@@ -355,6 +355,16 @@ def dlq() -> None:
     """Parked dead letters: list, show, replay, discard (filters: reason, account, age)."""
 
 
+def _named_letters(
+    origins: tuple[str, ...], reason: str | None, account: str | None, older: str | None, newer: str | None,
+    status: str,
+) -> Any:  # fmt: skip
+    """The selection of a command that changes letters: refuses to act on every letter at once."""
+    if not (origins or reason or account or older or newer):
+        raise click.UsageError("name the letters: ORIGINS, or at least one filter")
+    return _dlq_filter(origins, reason, account, older, newer, status)
+
+
 def _dlq_filter(
     origins: tuple[str, ...],
     reason: str | None,
@@ -470,10 +480,8 @@ def dlq_replay(
 
     from workers.dlq import replay
 
-    if not (origins or reason or account or older or newer):
-        raise click.UsageError("name the letters: ORIGINS, or at least one filter")
+    selected = _named_letters(origins, reason, account, older, newer, status)
     settings = _settings()
-    selected = _dlq_filter(origins, reason, account, older, newer, status)
     dsn = settings.postgres_dsn.get_secret_value()
     sent, skipped = asyncio.run(replay(dsn, settings.kafka_bootstrap, selected, again))
     click.echo(f"replayed {sent} letter(s)" + (f"; {skipped} not parked, left alone" if skipped else ""))
@@ -496,15 +504,8 @@ def dlq_discard(
 
     from workers.dlq import discard
 
-    if not (origins or reason or account or older or newer):
-        raise click.UsageError("name the letters: ORIGINS, or at least one filter")
-    n = asyncio.run(
-        discard(
-            _settings().postgres_dsn.get_secret_value(),
-            _dlq_filter(origins, reason, account, older, newer, status),
-            note,
-        )
-    )
+    selected = _named_letters(origins, reason, account, older, newer, status)
+    n = asyncio.run(discard(_settings().postgres_dsn.get_secret_value(), selected, note))
     click.echo(f"discarded {n} letter(s)")
 
 
@@ -544,7 +545,7 @@ def reconcile(wait: bool, every: float | None, debt_age: str, lock_ttl: float) -
     import asyncio
 
     from workers.dlq import parse_age
-    from workers.reconcile import LockLost, reconcile, run_on_schedule
+    from workers.reconcile import LockLost, reconcile_with, run_on_schedule
 
     try:
         age = parse_age(debt_age)
@@ -555,16 +556,7 @@ def reconcile(wait: bool, every: float | None, debt_age: str, lock_ttl: float) -
         asyncio.run(run_on_schedule(settings, every, wait, age, lock_ttl))
         return
     try:
-        result = asyncio.run(
-            reconcile(
-                settings.postgres_dsn.get_secret_value(),
-                settings.redis_url.get_secret_value(),
-                settings.kafka_bootstrap,
-                wait=wait,
-                lock_ttl=lock_ttl,
-                debt_age=age,
-            )
-        )
+        result = asyncio.run(reconcile_with(settings, wait=wait, lock_ttl=lock_ttl, debt_age=age))
     except LockLost as exc:
         raise click.ClickException(str(exc)) from exc
     if result.status == "skipped":

@@ -291,6 +291,12 @@ def parse_ledger(name: str, text: str) -> list[tuple[str, int, datetime | None]]
     return rows
 
 
+async def reconcile_with(settings: Settings, **options: Any) -> RunResult:
+    """One run on the fleet's settings (see `reconcile` for the options)."""
+    dsn, redis_url = settings.postgres_dsn.get_secret_value(), settings.redis_url.get_secret_value()
+    return await reconcile(dsn, redis_url, settings.kafka_bootstrap, **options)
+
+
 async def run_on_schedule(
     settings: Settings, every: float, wait: bool, debt_age: timedelta, lock_ttl: float
 ) -> None:
@@ -301,14 +307,7 @@ async def run_on_schedule(
     try:
         while True:
             try:
-                result = await reconcile(
-                    settings.postgres_dsn.get_secret_value(),
-                    settings.redis_url.get_secret_value(),
-                    settings.kafka_bootstrap,
-                    wait=wait,
-                    lock_ttl=lock_ttl,
-                    debt_age=debt_age,
-                )
+                result = await reconcile_with(settings, wait=wait, lock_ttl=lock_ttl, debt_age=debt_age)
             except LockLost as exc:
                 log.error("%s", exc)
                 metrics.reconcile_runs.labels("lost_lock").inc()
