@@ -98,16 +98,22 @@ class Message:
     def of(cls, m: Any) -> Message:
         """A faust message; the compensator's headers say which attempt it is."""
         headers = dict(m.headers or ())
-        attempt = headers.get(ATTEMPT_HEADER)
-        origin = headers.get(ORIGIN_HEADER)
         return cls(
             m.topic, m.partition, m.offset, m.key, m.value, int(m.timestamp * 1000),
-            int(attempt) if attempt else 1, origin.decode() if origin else None,
+            _attempt(headers.get(ATTEMPT_HEADER)), _text(headers.get(ORIGIN_HEADER))[0],
         )  # fmt: skip
 
     @property
     def position(self) -> str:
         return f"{self.topic}:{self.partition}@{self.offset}"
+
+
+def _attempt(raw: bytes | None) -> int:
+    """The compensator's attempt header; anything else a producer put there counts as a first attempt."""
+    try:
+        return max(1, int(raw)) if raw else 1
+    except ValueError:
+        return 1
 
 
 def decode_credit(value: bytes) -> Credit:

@@ -105,7 +105,7 @@ def latencies(events: Sequence[Any], now_ms: int) -> tuple[list[float], list[flo
         h = _headers(ev.message)
         for name, out in (("costtrace-occurred-ms", by_event), ("costtrace-received-ms", by_broker)):
             raw = h.get(name)
-            if raw:
+            if raw and raw.isdigit():  # set by the allocator; anything else is not a time
                 out.append(max(0.0, (now_ms - int(raw)) / 1000))
     return by_event, by_broker
 

@@ -133,3 +133,15 @@ def test_bad_input_is_counted_as_invalid_and_dead_lettered(bad: bytes) -> None:
     metrics.count(handled)
     assert [o.topic for o in handled.outputs] == ["dead-letters"]
     assert samples(metrics)[("costtrace_events_total", (("outcome", "rejected"), ("type", "invalid")))] == 1
+
+
+def test_a_producers_odd_headers_count_as_a_first_attempt() -> None:
+    class Raw:
+        topic, partition, offset, key, timestamp = "p.issued", 0, 3, b"alice", 1.0
+        value = issued("b1", 5)
+        headers = (("costtrace-attempt", b"abc"), ("costtrace-origin", b"\xff"))
+
+    msg = Message.of(Raw())
+    assert msg.attempt == 1 and msg.origin is not None
+    handled = Allocator(MemoryStore(), "credits", "allocations", "dead-letters").handle(msg)
+    assert handled.outcome.status.value == "applied"
