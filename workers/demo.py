@@ -88,7 +88,8 @@ def run(
         p50, p99 = latency.p50_ms, latency.p99_ms
         say(f"latency, event's Kafka timestamp to committed row: p50 {p50:,.0f} ms, p99 {p99:,.0f} ms")
     say("unknown_order and insufficient_stock here are mostly refunds and transfers that overtook")
-    say("their order or stock on another topic; retrying them is the compensator's job.")
+    say("their order or stock on another topic; the demo runs no compensator, which would retry")
+    say("them (`costtrace worker --role compensator`, docs/operations.md).")
     say(f"records: {rep.records:,} rows in PostgreSQL database {name} ({dsn})")
     say(f"worker logs: {logs}")
     say("stop the stack with: deploy/stack down")
