@@ -12,7 +12,7 @@ from typing import Any
 
 import faust
 
-from workers.app import RAW, _base_config, fleet_catalogue
+from workers.app import RAW, _base_config, fleet_catalogue, run_worker
 from workers.settings import Settings
 
 
@@ -37,7 +37,7 @@ def main() -> None:
     async def report() -> None:
         print(f"seen {reported} {seen}", flush=True)
 
-    faust.Worker(app, loglevel="warning", quiet=True, redirect_stdouts=False).execute_from_commandline()
+    run_worker(app, "warning", redirect_stdouts=False)
     sys.exit(0)
 
 

@@ -241,10 +241,8 @@ def worker(role: str, state_dir: str | None, loglevel: str | None) -> None:
     import asyncio
     from pathlib import Path
 
-    import faust
-
     from topics.admin import check
-    from workers.app import allocator_app, fleet_catalogue
+    from workers.app import allocator_app, fleet_catalogue, run_worker
     from workers.lifecycle import mark_clean_exit, prepare_state_dir
 
     settings = _settings(state_dir=Path(state_dir) if state_dir else None)
@@ -266,7 +264,7 @@ def worker(role: str, state_dir: str | None, loglevel: str | None) -> None:
         app = compensator_app(settings)
     code = 1
     try:
-        faust.Worker(app, loglevel=loglevel or settings.log_level, quiet=True).execute_from_commandline()
+        run_worker(app, loglevel or settings.log_level)
         code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
