@@ -161,7 +161,7 @@ class ConsumerGuards:
         return await self._fetch(active_partitions=snapshot, timeout=timeout)
 
 
-def seek_before_streaming(app: faust.App) -> None:
+def guard_consumer(app: faust.App) -> None:
     """Wrap the consumer faust creates (lazily, on its own loop) for this app."""
     new_consumer = app._new_consumer
 
@@ -250,7 +250,7 @@ def allocator_app(settings: Settings) -> faust.App:
         table_standby_replicas=settings.standby_replicas,
     )
     table = app.Table("state", partitions=settings.partitions, key_type=bytes, value_type=bytes)
-    seek_before_streaming(app)
+    guard_consumer(app)
     changelog = table.changelog_topic.get_topic_name()
     source = app.topic(*cat.inputs, cat.credits, cat.archive, **RAW)
     local = _LocalTable(table)

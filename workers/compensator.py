@@ -34,7 +34,7 @@ import msgspec
 
 from topics.catalogue import retry_topic
 from workers.allocator import ATTEMPT_HEADER, ORIGIN_HEADER, DeadLetter
-from workers.app import RAW, _base_config, fleet_catalogue, observe, seek_before_streaming
+from workers.app import RAW, _base_config, fleet_catalogue, guard_consumer, observe
 from workers.db import Database
 from workers.settings import Settings
 from workers.sink import persist_or_stop
@@ -128,7 +128,7 @@ def compensator_app(
 ) -> faust.App:
     cat = fleet_catalogue(settings)
     app = faust.App(**_base_config(settings, settings.compensator_app_id), store="memory://")
-    seek_before_streaming(app)
+    guard_consumer(app)
     db = Database(settings.postgres_dsn.get_secret_value())
     policy = RetryPolicy.of(settings)
     tiers = [retry_topic(settings.topic_prefix, t) for t in range(len(settings.retry_delays))]

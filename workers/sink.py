@@ -25,7 +25,7 @@ import msgspec
 
 from schemas.records import Record
 from workers.allocator import DeadLetter
-from workers.app import RAW, _base_config, fleet_catalogue, observe, seek_before_streaming
+from workers.app import RAW, _base_config, fleet_catalogue, guard_consumer, observe
 from workers.db import DEAD_LETTER_COLUMNS, Database
 from workers.settings import Settings
 
@@ -113,7 +113,7 @@ def latencies(events: Sequence[Any], now_ms: int) -> tuple[list[float], list[flo
 def sink_app(settings: Settings) -> faust.App:
     cat = fleet_catalogue(settings)
     app = faust.App(**_base_config(settings, settings.sink_app_id), store="memory://")
-    seek_before_streaming(app)
+    guard_consumer(app)
     db = Database(settings.postgres_dsn.get_secret_value())
     within = settings.sink_within
     topics = {cat.allocations, cat.dead_letters}
