@@ -685,10 +685,13 @@ def repartition(to_prefix: str, to_app_id: str, partitions: int) -> None:
 
 @main.command("archive")
 @click.option(
-    "--before", required=True, metavar="DATE", help="archive orders whose every record came before DATE"
+    "--before", metavar="DATE", help="archive orders whose every record came before DATE (ISO 8601)"
+)
+@click.option(
+    "--refund-window", metavar="AGE", help="or: before now minus AGE (e.g. 90d), for scheduled runs"
 )
 @click.option("--chunk", type=int, default=1000, show_default=True, help="orders per checked chunk")
-def archive_cmd(before: str, chunk: int) -> None:
+def archive_cmd(before: str | None, refund_window: str | None, chunk: int) -> None:
     """Move settled orders past their refund window to the archive tables, and out of the accounts' state."""
     import asyncio
     from datetime import UTC, datetime
@@ -697,11 +700,16 @@ def archive_cmd(before: str, chunk: int) -> None:
 
     from workers.app import fleet_catalogue
     from workers.archive import ArchiveMismatch, archive
+    from workers.dlq import parse_age
 
+    if (before is None) == (refund_window is None):
+        raise click.UsageError("give one of --before DATE and --refund-window AGE")
     try:
-        when = datetime.fromisoformat(before)
+        when = (
+            datetime.fromisoformat(before) if before else datetime.now(UTC) - parse_age(refund_window or "")
+        )
     except ValueError as exc:
-        raise click.BadParameter(f"not an ISO 8601 date or time: {before!r}", param_hint="--before") from exc
+        raise click.BadParameter(str(exc), param_hint="--before/--refund-window") from exc
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     settings = _settings()

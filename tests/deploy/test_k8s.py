@@ -143,3 +143,11 @@ def test_the_reconciler_is_a_singleton_that_never_overlaps_itself(
     assert deployment["spec"]["strategy"]["type"] == "Recreate"  # the old pod goes before the new one starts
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     assert container["args"][:2] == ["reconcile", "--every"]
+
+
+def test_archiving_runs_nightly_one_run_at_a_time(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    _, docs = rendered
+    job = by_kind(docs, "CronJob")["costtrace-archive"]
+    assert job["spec"]["concurrencyPolicy"] == "Forbid"
+    (container,) = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    assert container["args"][:2] == ["archive", "--refund-window"]
