@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from typing import Any, BinaryIO
 
@@ -353,80 +354,61 @@ def dlq() -> None:
     """Parked dead letters: list, show, replay, discard (filters: reason, account, age)."""
 
 
-def _named_letters(
-    origins: tuple[str, ...], reason: str | None, account: str | None, older: str | None, newer: str | None,
-    status: str,
-) -> Any:  # fmt: skip
-    """The selection of a command that changes letters: refuses to act on every letter at once."""
-    if not (origins or reason or account or older or newer):
-        raise click.UsageError("name the letters: ORIGINS, or at least one filter")
-    return _dlq_filter(origins, reason, account, older, newer, status)
+def _letters(changes: bool) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """ORIGINS and the filters of a dlq command, handed to it as one `letters` selection.
 
+    A command that changes letters (`changes`) refuses to act on every letter at once.
+    """
 
-def _dlq_filter(
-    origins: tuple[str, ...],
-    reason: str | None,
-    account: str | None,
-    older: str | None,
-    newer: str | None,
-    status: str | None,
-) -> Any:
-    from workers.dlq import Filter, parse_age
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        @functools.wraps(command)
+        def with_selection(
+            origins: tuple[str, ...], reason: str | None, account: str | None, older: str | None,
+            newer: str | None, status: str, **rest: Any,
+        ) -> None:  # fmt: skip
+            if changes and not (origins or reason or account or older or newer):
+                raise click.UsageError("name the letters: ORIGINS, or at least one filter")
+            from workers.dlq import Filter, parse_age
 
-    try:
-        older_than = parse_age(older) if older else None
-        newer_than = parse_age(newer) if newer else None
-        return Filter(origins, reason, account, older_than, newer_than, None if status == "any" else status)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from exc
+            try:
+                older_than = parse_age(older) if older else None
+                newer_than = parse_age(newer) if newer else None
+            except ValueError as exc:
+                raise click.BadParameter(str(exc)) from exc
+            selected = Filter(
+                origins, reason, account, older_than, newer_than, None if status == "any" else status
+            )
+            command(letters=selected, **rest)
 
-
-def _filter_options(fn: Any) -> Any:
-    for option in reversed(
-        [
+        options = [
             click.argument("origins", nargs=-1),
             click.option("--reason", help="only this rejection reason"),
             click.option("--account", help="only this account_id"),
-            click.option(
-                "--older-than", "older", metavar="AGE", help="parked before AGE ago (90s, 30m, 2h, 7d)"
-            ),
+            click.option("--older-than", "older", metavar="AGE", help="parked before AGE ago (90s, 2h, 7d)"),
             click.option("--newer-than", "newer", metavar="AGE", help="parked within AGE"),
             click.option(
-                "--status",
-                default="parked",
-                show_default=True,
+                "--status", default="parked", show_default=True,
                 type=click.Choice(["parked", "replayed", "discarded", "any"]),
             ),
-        ]
-    ):
-        fn = option(fn)
-    return fn
+        ]  # fmt: skip
+        for option in reversed(options):
+            with_selection = option(with_selection)
+        return with_selection
+
+    return decorate
 
 
 @dlq.command("list")
-@_filter_options
+@_letters(changes=False)
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per line")
-def dlq_list(
-    origins: tuple[str, ...],
-    reason: str | None,
-    account: str | None,
-    older: str | None,
-    newer: str | None,
-    status: str,
-    as_json: bool,
-) -> None:
+def dlq_list(letters: Any, as_json: bool) -> None:
     """Parked letters, oldest first; ORIGINS (topic:partition@offset) narrow it down."""
     import asyncio
     import json
 
     from workers.dlq import parked
 
-    rows = asyncio.run(
-        parked(
-            _settings().postgres_dsn.get_secret_value(),
-            _dlq_filter(origins, reason, account, older, newer, status),
-        )
-    )
+    rows = asyncio.run(parked(_settings().postgres_dsn.get_secret_value(), letters))
     for r in rows:
         if as_json:
             click.echo(
@@ -462,48 +444,30 @@ def dlq_show(origin: str) -> None:
 
 
 @dlq.command("replay")
-@_filter_options
+@_letters(changes=True)
 @click.option("--again", is_flag=True, help="also send letters already replayed (the model applies once)")
-def dlq_replay(
-    origins: tuple[str, ...],
-    reason: str | None,
-    account: str | None,
-    older: str | None,
-    newer: str | None,
-    status: str,
-    again: bool,
-) -> None:
+def dlq_replay(letters: Any, again: bool) -> None:
     """Send the selected parked letters back to their topics, and mark them replayed."""
     import asyncio
 
     from workers.dlq import replay
 
-    selected = _named_letters(origins, reason, account, older, newer, status)
     settings = _settings()
     dsn = settings.postgres_dsn.get_secret_value()
-    sent, skipped = asyncio.run(replay(dsn, settings.kafka_bootstrap, selected, again))
+    sent, skipped = asyncio.run(replay(dsn, settings.kafka_bootstrap, letters, again))
     click.echo(f"replayed {sent} letter(s)" + (f"; {skipped} not parked, left alone" if skipped else ""))
 
 
 @dlq.command("discard")
-@_filter_options
+@_letters(changes=True)
 @click.option("--note", required=True, help="why (kept with the letter)")
-def dlq_discard(
-    origins: tuple[str, ...],
-    reason: str | None,
-    account: str | None,
-    older: str | None,
-    newer: str | None,
-    status: str,
-    note: str,
-) -> None:
+def dlq_discard(letters: Any, note: str) -> None:
     """Mark the selected parked letters discarded; they stay in PostgreSQL with the note."""
     import asyncio
 
     from workers.dlq import discard
 
-    selected = _named_letters(origins, reason, account, older, newer, status)
-    n = asyncio.run(discard(_settings().postgres_dsn.get_secret_value(), selected, note))
+    n = asyncio.run(discard(_settings().postgres_dsn.get_secret_value(), letters, note))
     click.echo(f"discarded {n} letter(s)")
 
 

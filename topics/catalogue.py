@@ -66,6 +66,11 @@ class Catalogue:
         return next(t.name for t in self.by_role("internal") if t.name.endswith(".archive"))
 
     @property
+    def allocator_sources(self) -> list[str]:
+        """Every topic the allocators read: producers' events, transfer credits, archived orders."""
+        return [*self.inputs, self.credits, self.archive]
+
+    @property
     def allocations(self) -> str:
         return next(t.name for t in self.by_role("output") if t.name.endswith(".allocations"))
 

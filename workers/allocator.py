@@ -104,8 +104,8 @@ class Message:
         )  # fmt: skip
 
     @property
-    def position(self) -> str:
-        return f"{self.topic}:{self.partition}@{self.offset}"
+    def position(self) -> Position:
+        return Position(f"{self.topic}:{self.partition}", self.offset)
 
 
 def _attempt(raw: bytes | None) -> int:
@@ -151,7 +151,7 @@ class Allocator:
         self.clock_ms = clock_ms
 
     def handle(self, msg: Message) -> Handled:
-        position = Position(f"{msg.topic}:{msg.partition}", msg.offset)
+        position = msg.position
         event_type, occurred_ms = "invalid", None
         try:
             if msg.topic == self.credits_topic:
@@ -191,7 +191,7 @@ class Allocator:
 
     def _outputs(self, outcome: Outcome, msg: Message, occurred_ms: int | None) -> list[Output]:
         out: list[Output] = []
-        source = msg.position.encode()
+        source = msg.position.key.encode()
         headers = [
             ("costtrace-step", str(outcome.step).encode()),
             ("costtrace-source", source),

@@ -252,7 +252,7 @@ def allocator_app(settings: Settings) -> faust.App:
     table = app.Table("state", partitions=settings.partitions, key_type=bytes, value_type=bytes)
     guard_consumer(app)
     changelog = table.changelog_topic.get_topic_name()
-    source = app.topic(*cat.inputs, cat.credits, cat.archive, **RAW)
+    source = app.topic(*cat.allocator_sources, **RAW)
     local = _LocalTable(table)
     store = TableStore(local)
     stop = StopOnSendError()
@@ -264,9 +264,7 @@ def allocator_app(settings: Settings) -> faust.App:
             return "recovering tables"
         return None
 
-    metrics = observe(
-        app, settings, "allocator", settings.app_id, {*cat.inputs, cat.credits, cat.archive}, ready
-    )
+    metrics = observe(app, settings, "allocator", settings.app_id, set(cat.allocator_sources), ready)
     held = AccountsHeld(local.store)
     # kept beside the state folder, which is emptied after an unclean exit
     switch = SwitchHolder(settings.state_dir.with_name(settings.state_dir.name + ".switch.json"))

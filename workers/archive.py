@@ -20,10 +20,10 @@ from typing import Final
 
 import asyncpg
 import msgspec
-from aiokafka import AIOKafkaProducer
 
 from costtrace.model.state import Archive
 from workers.db import RECORD_COLUMNS
+from workers.publish import reliable_producer
 
 CANDIDATES: Final = """
 SELECT account_id, order_id
@@ -61,20 +61,19 @@ async def _move_chunk(
 ) -> int:
     """Copy, compare count and sum, delete: one transaction per chunk of orders (or of spent batches)."""
     where = IN_CHUNK if by_order else IN_BATCH_CHUNK
-    orders = keys
     async with conn.transaction():
         totals = "count(*) AS n, coalesce(sum(amount), 0) AS total"
-        source = await conn.fetchrow(f"SELECT {totals} FROM records WHERE {where}", accounts, orders)
+        source = await conn.fetchrow(f"SELECT {totals} FROM records WHERE {where}", accounts, keys)
         columns = ", ".join(name for name, _ in RECORD_COLUMNS) + ", persisted_at"
         copy = f"INSERT INTO records_archive ({columns}) SELECT {columns} FROM records WHERE {where}"
         copy += " RETURNING amount"
-        copied = await conn.fetchrow(f"WITH copied AS ({copy}) SELECT {totals} FROM copied", accounts, orders)
+        copied = await conn.fetchrow(f"WITH copied AS ({copy}) SELECT {totals} FROM copied", accounts, keys)
         if (copied["n"], copied["total"]) != (source["n"], source["total"]):
             raise ArchiveMismatch(
-                f"chunk of {len(orders)} keys: copied {copied['n']} records summing {copied['total']}, "
+                f"chunk of {len(keys)} keys: copied {copied['n']} records summing {copied['total']}, "
                 f"hot table has {source['n']} summing {source['total']}; rolled back"
             )
-        await conn.execute(f"DELETE FROM records WHERE {where}", accounts, orders)
+        await conn.execute(f"DELETE FROM records WHERE {where}", accounts, keys)
         if not by_order:
             return int(source["n"])
         await conn.execute(
@@ -83,7 +82,7 @@ async def _move_chunk(
                JOIN unnest($1::text[], $2::text[]) AS k(account_id, order_id) USING (account_id, order_id)
                GROUP BY r.account_id, r.order_id
                ON CONFLICT (account_id, order_id) DO NOTHING""",
-            accounts, orders,
+            accounts, keys,
         )  # fmt: skip
         return int(source["n"])
 
@@ -98,7 +97,7 @@ async def _tell_states(conn: asyncpg.Connection, bootstrap: str, topic: str) -> 
         by_account.setdefault(r["account_id"], []).append(r["order_id"])
     if not by_account:
         return 0
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5)
+    producer = reliable_producer(bootstrap)
     await producer.start()
     try:
         for account, orders in by_account.items():

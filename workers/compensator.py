@@ -24,7 +24,7 @@ import asyncio
 import base64
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -32,6 +32,7 @@ from typing import Any, Final
 import faust
 import msgspec
 
+from costtrace.model.state import Position
 from topics.catalogue import retry_topic
 from workers.allocator import ATTEMPT_HEADER, ORIGIN_HEADER, DeadLetter
 from workers.app import RAW, _base_config, fleet_catalogue, guard_consumer, observe
@@ -82,7 +83,7 @@ def decide(letter: DeadLetter, policy: RetryPolicy, now_ms: int) -> Retry | Park
 
 
 def origin_of(letter: DeadLetter) -> str:
-    return letter.origin or f"{letter.topic}:{letter.partition}@{letter.offset}"
+    return letter.origin or Position(f"{letter.topic}:{letter.partition}", letter.offset).key
 
 
 def payload_bytes(payload: str, encoding: str) -> bytes:
@@ -166,9 +167,6 @@ def compensator_app(
         key = letter.key.encode() if letter.key is not None else None
         await deliver(letter.topic, key, value, resend_headers(letter.attempt + 1, origin_of(letter)))
 
-    def step(work: Awaitable[None]) -> Awaitable[None]:
-        return persist_or_stop(work)  # never let faust ack a letter whose step failed
-
     @app.agent(app.topic(cat.dead_letters, **RAW), name="compensate")
     async def compensate(stream: Any) -> None:
         async for event in stream.events():
@@ -179,7 +177,7 @@ def compensator_app(
                 log.error("unreadable dead letter at %s:%s@%s skipped", event.message.topic,
                           event.message.partition, event.message.offset, exc_info=True)  # fmt: skip
                 continue
-            await step(handle_letter(letter, raw))
+            await persist_or_stop(handle_letter(letter, raw))  # never acked after a failed step
 
     for tier in tiers:
 
@@ -195,7 +193,7 @@ def compensator_app(
                         "unreadable retry at %s:%s@%s skipped", m.topic, m.partition, m.offset, exc_info=True
                     )
                     continue
-                await step(handle_retry(tier, letter, m.value, due_ms))
+                await persist_or_stop(handle_retry(tier, letter, m.value, due_ms))
 
     @app.timer(30.0)  # type: ignore[untyped-decorator]
     async def _parked() -> None:

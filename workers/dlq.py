@@ -15,9 +15,9 @@ from datetime import timedelta
 from typing import Any
 
 import asyncpg
-from aiokafka import AIOKafkaProducer
 
 from workers.compensator import payload_bytes, resend_headers
+from workers.publish import reliable_producer
 
 _DURATION = re.compile(r"^(\d+)([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -100,7 +100,7 @@ async def replay(dsn: str, bootstrap: str, f: Filter, again: bool = False) -> tu
     selected = Filter(f.origins, f.reason, f.account, f.older_than, f.newer_than, None if again else f.status)
     where, args = selected.where()
     conn = await asyncpg.connect(dsn)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    producer = reliable_producer(bootstrap, linger_ms=0)
     await producer.start()
     try:
         columns = "origin, status, topic, message_key, payload, payload_encoding"

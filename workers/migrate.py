@@ -18,9 +18,9 @@ from typing import Final
 
 import msgspec
 import redis.asyncio as aioredis
-from aiokafka import AIOKafkaProducer
 
 from schemas.timestamps import parse_instant
+from workers.publish import reliable_producer
 
 CHUNK: Final = 500
 LEGACY: Final = "LEGACY"
@@ -61,7 +61,7 @@ async def migrate(
     """Publish from the checkpoint on; (where it resumed, how many it published)."""
     client = aioredis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
     key = checkpoint_key(as_of, events)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5)
+    producer = reliable_producer(bootstrap)
     await producer.start()
     try:
         start = int(await client.get(key) or 0)

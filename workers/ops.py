@@ -56,7 +56,7 @@ async def wait_drained(
 
     `check` runs between polls (tests use it to fail fast on a dead worker).
     """
-    groups = {allocator_group: [*cat.inputs, cat.credits], sink_group: [cat.allocations, cat.dead_letters]}
+    groups = {allocator_group: cat.allocator_sources, sink_group: [cat.allocations, cat.dead_letters]}
 
     async def committed(consumer: AIOKafkaConsumer, admin: AIOKafkaAdminClient) -> bool:
         return await caught_up(groups, partitions, consumer, admin)

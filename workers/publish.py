@@ -16,6 +16,13 @@ from topics.catalogue import Catalogue
 _loose = msgspec.json.Decoder()
 
 
+def reliable_producer(bootstrap: str, linger_ms: int = 5) -> AIOKafkaProducer:
+    """A producer for what must not be lost or doubled by a retry: every replica acks, idempotent."""
+    return AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=linger_ms
+    )
+
+
 def route(line: bytes, cat: Catalogue) -> tuple[str, bytes | None]:
     """The topic and key a producer would use for one event line.
 
@@ -41,7 +48,7 @@ def route(line: bytes, cat: Catalogue) -> tuple[str, bytes | None]:
 
 async def publish(bootstrap: str, cat: Catalogue, lines: Iterable[bytes], rate: float | None = None) -> int:
     """Send every line to its topic; `rate` caps events per second. Returns the count sent."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, enable_idempotence=True)
+    producer = reliable_producer(bootstrap)
     await producer.start()
     sent = 0
     started = time.monotonic()

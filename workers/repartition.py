@@ -15,10 +15,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.partitioner import murmur2
 
 from topics.admin import partition_counts
+from workers.publish import reliable_producer
 from workers.state import account_of_key
 
 
@@ -38,9 +39,7 @@ async def copy_state(
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
     )
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=20
-    )
+    producer = reliable_producer(bootstrap, linger_ms=20)
     await consumer.start()
     await producer.start()
     copied = 0
