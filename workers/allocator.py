@@ -27,7 +27,7 @@ from typing import Any, Final
 import msgspec
 
 from costtrace.model.allocation import Outcome, Status, apply_archive, apply_credit, apply_event
-from costtrace.model.state import Archive, Credit, Position, Store
+from costtrace.model.state import Archive, Credit, Position, Settled, Store
 from schemas.events import EVENT_TYPES, Event, Invalid, parse_event
 from schemas.records import Kind, Rejection
 
@@ -150,16 +150,17 @@ class Allocator:
         self.dead_letters_topic = dead_letters_topic
         self.clock_ms = clock_ms
 
-    def handle(self, msg: Message) -> Handled:
+    def handle(self, msg: Message, settled: Settled | None = None) -> Handled:
+        """`settled`: the group's committed offsets, by source (outputs below them are let go)."""
         position = msg.position
         event_type, occurred_ms = "invalid", None
         try:
             if msg.topic == self.credits_topic:
                 event_type = "credit"
-                outcome = apply_credit(self.store, decode_credit(msg.value), position)
+                outcome = apply_credit(self.store, decode_credit(msg.value), position, settled)
             elif msg.topic == self.archive_topic:
                 event_type = "archive"
-                outcome = apply_archive(self.store, _archive_decoder.decode(msg.value), position)
+                outcome = apply_archive(self.store, _archive_decoder.decode(msg.value), position, settled)
             else:
                 ev = parse_event(msg.value)
                 if not isinstance(ev, Invalid):
@@ -168,7 +169,7 @@ class Allocator:
                         # before the historical node, or tracing off: the opening balances hold it
                         skipped = Outcome(Status.SKIPPED, ev.account_id, [], [])
                         return Handled(skipped, [], event_type, occurred_ms)
-                outcome = self._apply(msg, ev, position)
+                outcome = self._apply(msg, ev, position, settled)
         except Exception as exc:  # a bug, never bad input: keep the event as a dead letter
             log.exception("processing error at %s", position.key)
             detail = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"
@@ -176,7 +177,9 @@ class Allocator:
             outcome = Outcome(Status.REJECTED, None, [], [], rej, detail)
         return Handled(outcome, self._outputs(outcome, msg, occurred_ms), event_type, occurred_ms)
 
-    def _apply(self, msg: Message, ev: Event | Invalid, position: Position) -> Outcome:
+    def _apply(
+        self, msg: Message, ev: Event | Invalid, position: Position, settled: Settled | None
+    ) -> Outcome:
         if not isinstance(ev, Invalid) and msg.key != ev.account_id.encode():
             # state is kept on the partition of the message key: an event keyed
             # by another account would land on the wrong worker's state
@@ -187,7 +190,7 @@ class Allocator:
                 f"message key {key!r} is not the event's account_id {ev.account_id!r}: "
                 "producers key every event by account_id",
             )
-        return apply_event(self.store, ev, position)
+        return apply_event(self.store, ev, position, settled)
 
     def _outputs(self, outcome: Outcome, msg: Message, occurred_ms: int | None) -> list[Output]:
         out: list[Output] = []

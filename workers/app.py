@@ -325,13 +325,23 @@ def allocator_app(settings: Settings) -> faust.App:
             store, cat.credits, cat.allocations, cat.dead_letters, archive_topic=cat.archive,
             skips=lambda event_type, occurred_ns: switch.current.skips(event_type, occurred_ns),
         )  # fmt: skip
+        consumer: Any = app.consumer
+        committed = consumer._committed_offset
+        sources_of: dict[int, list[tuple[str, TP]]] = {}
         async for event in stream.events():
             m = event.message
             try:
                 local.use(m.partition)
                 msg = Message.of(m)
                 created = store.created
-                handled = allocator.handle(msg)
+                sources = sources_of.get(m.partition)
+                if sources is None:
+                    sources = sources_of[m.partition] = [
+                        (f"{t}:{m.partition}", TP(t, m.partition)) for t in cat.allocator_sources
+                    ]
+                # what the group has committed of this partition: positions it never reads again
+                settled = {s: o for s, tp in sources if (o := committed.get(tp)) is not None}
+                handled = allocator.handle(msg, settled)
                 metrics.count(handled, msg.attempt)
                 if store.created != created:
                     held.created(m.partition)

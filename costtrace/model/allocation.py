@@ -9,6 +9,8 @@ whose offset the account has already passed is a redelivery, and gets back
 the outputs stored for that position, so a crash between applying an event
 and publishing its records loses nothing. A producer's repeat (same event,
 new position) is an exact repeat and yields nothing, as the contract says.
+Stored outputs are let go once the fleet says their position is `settled`
+(committed: never read again), so they do not pile up.
 """
 
 from __future__ import annotations
@@ -28,10 +30,12 @@ from costtrace.model.state import (
     Credit,
     CreditSlice,
     Debt,
+    Kept,
     OpenBatch,
     Order,
     Outputs,
     Position,
+    Settled,
     Slice,
     Store,
 )
@@ -328,7 +332,11 @@ _RULES: Final[dict[type, Callable[[_Change, Any], Credit | None]]] = {
 
 def _recall(state: AccountState, account_id: str, position: Position) -> Outcome:
     """The outputs a redelivered event gave when it was first applied."""
-    stored = state.outputs.get(position.key)
+    stored = None
+    for kept in state.head.kept:
+        if kept.offset == position.offset and kept.source == position.source:
+            stored = state.outputs.get(str(kept.slot))
+            break
     if stored is None:
         return Outcome(Status.REDELIVERED, account_id, [], [])
     return Outcome(
@@ -343,12 +351,26 @@ def _finish(
     outcome: Outcome,
     position: Position | None,
     changed: bool,
+    settled: Settled | None = None,
 ) -> Outcome:
-    """In the fleet, remember the position and what it gave; then hand the changes to the store."""
+    """In the fleet, remember the position and what it gave; then hand the changes to the store.
+
+    Outputs of settled positions are never asked for again: their slots are
+    dropped from the header, and the next event's outputs reuse the lowest
+    free slot, so no entry is ever deleted (no tombstones on the changelog).
+    """
     if position is not None:
-        state.head.marks[position.source] = position.offset
+        head = state.head
+        head.marks[position.source] = position.offset
+        if settled is not None and head.kept:
+            head.kept = [k for k in head.kept if k.offset >= (settled.get(k.source) or 0)]
         if outcome.records or outcome.credits or outcome.rejection is not None:
-            state.outputs[position.key] = outcome.outputs()
+            used = {k.slot for k in head.kept}
+            slot = 0
+            while slot in used:
+                slot += 1
+            head.kept.append(Kept(position.source, position.offset, slot))
+            state.outputs[str(slot)] = outcome.outputs()
         changed = True
     if changed:
         store.commit(account_id, state)
@@ -356,11 +378,17 @@ def _finish(
 
 
 def _reject(
-    store: Store, state: AccountState, ev: Event, reason: Reason, detail: str, position: Position | None
+    store: Store,
+    state: AccountState,
+    ev: Event,
+    reason: Reason,
+    detail: str,
+    position: Position | None,
+    settled: Settled | None,
 ) -> Outcome:
     rej = rejection(ev.event_id, ev.account_id, reason)
     outcome = Outcome(Status.REJECTED, ev.account_id, [], [], rej, detail)
-    return _finish(store, state, ev.account_id, outcome, position, False)
+    return _finish(store, state, ev.account_id, outcome, position, False, settled)
 
 
 def _already_read(state: AccountState, position: Position) -> bool:
@@ -368,9 +396,16 @@ def _already_read(state: AccountState, position: Position) -> bool:
 
 
 def apply_event(
-    store: Store, event: Event | Invalid | bytes | str, position: Position | None = None
+    store: Store,
+    event: Event | Invalid | bytes | str,
+    position: Position | None = None,
+    settled: Settled | None = None,
 ) -> Outcome:
-    """Apply one input event (raw JSON or parsed) to its account."""
+    """Apply one input event (raw JSON or parsed) to its account.
+
+    The fleet passes where it read the event (`position`) and what it has
+    committed (`settled`); replay passes neither.
+    """
     ev = parse_event(event) if isinstance(event, (bytes, str)) else event
     if isinstance(ev, Invalid):
         # depends on the payload alone, so a redelivery gives the same answer
@@ -383,16 +418,15 @@ def apply_event(
     prior = state.events.get(ev.event_id)
     if prior is not None:
         if prior == ev:
-            return _finish(
-                store, state, account_id, Outcome(Status.REPEAT, account_id, [], []), position, False
-            )
+            repeat = Outcome(Status.REPEAT, account_id, [], [])
+            return _finish(store, state, account_id, repeat, position, False, settled)
         detail = f"event {ev.event_id!r} was applied before with a different payload"
-        return _reject(store, state, ev, Reason.CONFLICTING_DUPLICATE, detail, position)
+        return _reject(store, state, ev, Reason.CONFLICTING_DUPLICATE, detail, position, settled)
     ch = _Change(state, account_id, event_key(account_id, ev.event_id), 0, ev.event_id)
     try:
         credit = _RULES[type(ev)](ch, ev)
     except _Rejected as rej:
-        return _reject(store, state, ev, rej.reason, rej.detail, position)
+        return _reject(store, state, ev, rej.reason, rej.detail, position, settled)
     ch.pay_down()
     # a sender with stock has no debt, so pay_down added nothing after the credit's seq
     assert credit is None or credit.seq == ch.seq
@@ -400,10 +434,12 @@ def apply_event(
     state.head.steps += 1
     credits = [credit] if credit is not None else []
     outcome = Outcome(Status.APPLIED, account_id, ch.records, credits, step=state.head.steps)
-    return _finish(store, state, account_id, outcome, position, True)
+    return _finish(store, state, account_id, outcome, position, True, settled)
 
 
-def apply_archive(store: Store, archive: Archive, position: Position | None = None) -> Outcome:
+def apply_archive(
+    store: Store, archive: Archive, position: Position | None = None, settled: Settled | None = None
+) -> Outcome:
     """Drop the slices of archived orders (the fleet's `costtrace archive`); records nothing.
 
     An order with debt still on SUSPENSE is kept whole: its trueups are yet to
@@ -420,10 +456,13 @@ def apply_archive(store: Store, archive: Archive, position: Position | None = No
             continue
         state.orders[oid] = Order(order.amount, order.merchant_id, order.refunded, archived=True)
         changed = True
-    return _finish(store, state, account_id, Outcome(Status.APPLIED, account_id, [], []), position, changed)
+    done = Outcome(Status.APPLIED, account_id, [], [])
+    return _finish(store, state, account_id, done, position, changed, settled)
 
 
-def apply_credit(store: Store, credit: Credit, position: Position | None = None) -> Outcome:
+def apply_credit(
+    store: Store, credit: Credit, position: Position | None = None, settled: Settled | None = None
+) -> Outcome:
     """Apply the receiving half of a transfer to `credit.to_account_id` (rule 6).
 
     Each slice becomes a batch `{sender}/{transfer_id}/{source batch_id}` with
@@ -437,7 +476,8 @@ def apply_credit(store: Store, credit: Credit, position: Position | None = None)
         return _recall(state, account_id, position)
     key = event_key(credit.origin_account_id, credit.event_id)
     if state.credits.get(key) is not None:
-        return _finish(store, state, account_id, Outcome(Status.REPEAT, account_id, [], []), position, False)
+        repeat = Outcome(Status.REPEAT, account_id, [], [])
+        return _finish(store, state, account_id, repeat, position, False, settled)
     ch = _Change(state, account_id, key, credit.seq, credit.event_id)
     tid = credit.transfer_id
     batches = state.batches
@@ -453,4 +493,4 @@ def apply_credit(store: Store, credit: Credit, position: Position | None = None)
     ch.pay_down()
     state.head.steps += 1
     outcome = Outcome(Status.APPLIED, account_id, ch.records, [], step=state.head.steps)
-    return _finish(store, state, account_id, outcome, position, True)
+    return _finish(store, state, account_id, outcome, position, True, settled)

@@ -11,11 +11,15 @@ One account's state (`AccountState`) is a header plus entries under (namespace, 
 | `REFUND` | refund_id | order_id | refunded |
 | `TRANSFER` | transfer_id | event_id | transferred (sender) |
 | `CREDIT` | origin event key | transfer_id | credit (receiver) |
-| `OUTPUTS` | source@offset | `Outputs` | every positioned event (fleet only) |
+| `OUTPUTS` | slot | `Outputs` of a position not yet settled | every positioned event (fleet only) |
 
 The header grows with open batches and open debts, never with history: an
 account with 100,000 past orders still writes one small header and one order
-per event. Everything is a msgspec Struct, so it serialises compactly
+per event. What it keeps for redelivery is let go once the position is
+settled (its offset committed): `Account.kept` says which slot holds which
+position's outputs, and a settled slot is written over by the next event, so
+the fleet's outputs take as many entries as an account has events in flight.
+Everything is a msgspec Struct, so it serialises compactly
 (`array_like` msgpack) and round-trips exactly. State never forms reference
 cycles, so the Structs opt out of the garbage collector (`gc=False`), which
 matters with millions of them in memory.
@@ -60,6 +64,14 @@ class Debt(msgspec.Struct, array_like=True, gc=False):
     amount: int
 
 
+class Kept(msgspec.Struct, array_like=True, gc=False):
+    """The outputs of the event read at (source, offset) are in the `OUTPUTS` entry `slot`."""
+
+    source: str
+    offset: int
+    slot: int
+
+
 class Account(msgspec.Struct, array_like=True, gc=False):
     open: list[OpenBatch] = msgspec.field(default_factory=list)
     debts: list[Debt] = msgspec.field(default_factory=list)
@@ -67,6 +79,8 @@ class Account(msgspec.Struct, array_like=True, gc=False):
     marks: dict[str, int] = msgspec.field(default_factory=dict)
     # applied events and credits so far: orders the account's records as replay does
     steps: int = 0
+    # positions whose outputs may still be asked for again (fleet only)
+    kept: list[Kept] = msgspec.field(default_factory=list)
 
     def stock(self) -> int:
         return sum(b.remaining for b in self.open)
@@ -147,6 +161,12 @@ class Position(msgspec.Struct, frozen=True, array_like=True, gc=False):
     @property
     def key(self) -> str:
         return f"{self.source}@{self.offset}"
+
+
+class Settled(Protocol):
+    """Per source, the offset below which the fleet never reads again (its committed offset)."""
+
+    def get(self, source: str, /) -> int | None: ...
 
 
 VALUE_TYPES: Final[dict[Namespace, Any]] = {

@@ -3,9 +3,14 @@ export stays the same, and the account's state refuses a late refund of an archi
 
 from __future__ import annotations
 
+import asyncio
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
 from tests.integration.fleet import Fleet, by_account, replay
 from tests.integration.test_compensation import event, query
 from tests.integration.test_switch import run
+from workers.state import account_of_key
 
 
 def test_archived_orders_leave_the_hot_table_and_their_state(fleet: Fleet) -> None:
@@ -52,3 +57,61 @@ def test_archived_orders_leave_the_hot_table_and_their_state(fleet: Fleet) -> No
         {"reason": "order_archived"}
     ]
     assert query(fleet, "SELECT 1 FROM records WHERE event_id = 'r2'") == []
+
+
+def latest_state(fleet: Fleet) -> dict[bytes, bytes]:
+    """The allocators' state as the changelog holds it: the last value of every key."""
+
+    async def read() -> dict[bytes, bytes]:
+        topic = f"{fleet.settings.app_id}-state-changelog"
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=fleet.settings.kafka_bootstrap, enable_auto_commit=False
+        )
+        await consumer.start()
+        try:
+            tps = [TopicPartition(topic, p) for p in range(fleet.partitions)]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            ends = await consumer.end_offsets(tps)
+            state: dict[bytes, bytes] = {}
+            left = {tp for tp in tps if ends[tp] > 0}
+            while left:
+                for tp, messages in (await consumer.getmany(*left, timeout_ms=1000)).items():
+                    state.update((m.key, m.value) for m in messages if m.offset < ends[tp])
+                    if await consumer.position(tp) >= ends[tp]:
+                        left.discard(tp)
+            return state
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(read())
+
+
+def test_an_accounts_state_keeps_outputs_only_while_they_are_in_flight(fleet: Fleet) -> None:
+    """Outputs kept for redelivery go once committed: of 3 waves of 60 events, a wave's worth at most."""
+    fleet.start("allocator", "allocator", fleet.tmp / "state")
+    fleet.start("sink", "sink")
+    fleet.publish(
+        [event(event_id="i", type="issued", account_id="ann", batch_id="b", budget_id="B", amount=10**6)]
+    )
+    fleet.drain()  # topics give no order between each other: the stock is there before the orders
+    for wave in range(3):
+        fleet.publish(
+            [
+                event(
+                    event_id=f"c{wave}-{n}",
+                    type="consumed",
+                    account_id="ann",
+                    order_id=f"o{wave}-{n}",
+                    amount=1,
+                )
+                for n in range(60)
+            ]
+        )
+        fleet.drain()
+    assert query(fleet, "SELECT count(*) AS n FROM records WHERE account_id = 'ann'") == [{"n": 181}]
+    state = latest_state(fleet)
+    outputs = [k for k in state if k.startswith(b"6") and account_of_key(k) == "ann"]
+    orders = [k for k in state if k.startswith(b"1") and account_of_key(k) == "ann"]
+    assert len(orders) == 180  # the check can see every kind of entry
+    assert 1 <= len(outputs) <= 61, f"{len(outputs)} outputs kept for 181 events"
