@@ -52,6 +52,27 @@ async def bare_consumer(bootstrap: str, topics: list[str], n: int, group: str) -
     return n / (time.perf_counter() - first)
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _broker_pid() -> int:
+    out = subprocess.run(["pgrep", "-f", "kafka.Kafka"], capture_output=True, text=True, check=True)
+    return int(out.stdout.split()[0])
+
+
+async def _first_row(dsn: str) -> None:
+    """Until the first record is committed: the workers have started and recovered."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        while not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM records)"):
+            await asyncio.sleep(0.1)
+    finally:
+        await conn.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description="fleet throughput and latency")
     ap.add_argument("--events", type=int, default=60_000)
@@ -102,8 +123,13 @@ def main() -> None:
             for role in ("allocator", "sink")
         ]  # fmt: skip
         try:
+            broker = _broker_pid()
+            asyncio.run(_first_row(dsn))
+            cpu_start = [_cpu_seconds(p.pid) for p in procs] + [_cpu_seconds(broker)]
             asyncio.run(wait_drained(settings.kafka_bootstrap, cat, settings.app_id, settings.sink_app_id,
                                      args.partitions, timeout=3600))  # fmt: skip
+            cpu = [_cpu_seconds(p.pid) for p in procs] + [_cpu_seconds(broker)]
+            cpu_us = [(b - a) / len(lines) * 1e6 for a, b in zip(cpu_start, cpu, strict=True)]
 
             async def span() -> tuple[float, int]:
                 conn = await asyncpg.connect(dsn)
@@ -160,6 +186,8 @@ def main() -> None:
                      ("allocator + sink, to committed rows", allocator)):  # fmt: skip
         print(f"{label:36s}{r:10,.0f}{r / allocator:13.2f}")
     print(f"latency at {rate:,.0f} events/s ({n_lat:,} records): p50 {p50:,.0f} ms, p99 {p99:,.0f} ms")
+    print("CPU per event during the backlog (from the first committed row): allocator {:,.0f} µs,"
+          " sink {:,.0f} µs, Kafka broker {:,.0f} µs".format(*cpu_us))  # fmt: skip
     print("goal: 5,000 events/s and at least half the iterating agent's rate")
 
 

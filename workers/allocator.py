@@ -5,7 +5,7 @@ Effectively once, end to end, on at-least-once delivery:
   back exactly its first outputs (the model keeps them), and a sink that drops
   record ids it holds sees each record once;
 - an event's state is written to the table before its outputs are queued,
-  through the same FIFO producer buffer, so outputs never run ahead of the
+  and the outbox (workers/outbox.py) sends outputs only once Kafka has the
   changelog that explains them;
 - nothing escapes the per-event handler: an unexpected error becomes a dead
   letter (`processing_error`) and the account's state is left untouched;
@@ -237,9 +237,9 @@ class StopOnSendError:
     """A failed send stops the process at once.
 
     faust logs a failed produce and commits anyway (faust-notes §3); an offset
-    committed past a lost record would lose it. Exiting from the send
-    future's callback runs before the commit's flush returns, so the input is
-    read again after the restart and the model gives the outputs back.
+    committed past a lost record would lose it. Exiting from the outbox's
+    hand-over callback runs before the commit's flush returns, so the input
+    is read again after the restart and the model gives the outputs back.
     """
 
     def __init__(self, exit_: Callable[[int], Any] = os._exit) -> None:

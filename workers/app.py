@@ -9,10 +9,12 @@ table writes in a producer buffer whose flush gives up after 0.1 s with
 messages still queued (`ProducerBuffer.flush_atmost`), and commits offsets
 after that flush: an offset could be committed before its state or records
 left the process. Instead, for each event the agent (1) puts the state into
-the local RocksDB, (2) hands the state's changelog records to the Kafka
-client, then (3) the event's outputs, and awaits both before taking the next
-event; faust's commit then waits for the client to deliver them all. Any
-failed send stops the process before a commit.
+the local RocksDB (one write batch), (2) adds the state's changelog records
+and then (3) the event's outputs to its `Outbox` (workers/outbox.py), which
+hands them to Kafka in batches, changelog first, every `producer_linger`
+seconds and before every commit: faust's commit waits until Kafka has
+everything its events produced. Any failed send stops the process before a
+commit.
 """
 
 from __future__ import annotations
@@ -28,10 +30,12 @@ import msgspec
 import redis.asyncio as aioredis
 from faust.types import TP
 from redis.exceptions import RedisError
+from rocksdict import WriteBatch
 
 from topics.catalogue import Catalogue, catalogue
 from workers.allocator import Allocator, Message, StopOnSendError
 from workers.metrics import Health, Metrics, lag_of, serve
+from workers.outbox import Outbox
 from workers.settings import Settings
 from workers.state import AccountsHeld, TableStore
 from workers.switch import SWITCH_KEY, SwitchHolder
@@ -67,6 +71,7 @@ def _base_config(settings: Settings, app_id: str) -> dict[str, Any]:
         "topic_allow_declare": True,
         "broker_commit_interval": settings.commit_interval,
         "producer_linger": settings.producer_linger,
+        "producer_max_batch_size": settings.producer_batch_bytes,
         "producer_acks": -1,
         "consumer_auto_offset_reset": "earliest",
         "broker_session_timeout": settings.session_timeout,
@@ -97,9 +102,12 @@ class _LocalTable:
         value = self.db.get(key)
         return default if value is None else value
 
-    def __setitem__(self, key: bytes, value: bytes) -> None:
-        self.db.put(key, value)
-        self.pending.append((key, value))
+    def put_all(self, writes: list[tuple[bytes, bytes]]) -> None:
+        batch = WriteBatch(raw_mode=True)
+        for key, value in writes:
+            batch.put(key, value)
+        self.db.write(batch)
+        self.pending += writes
 
 
 class ConsumerGuards:
@@ -161,13 +169,26 @@ class ConsumerGuards:
         return await self._fetch(active_partitions=snapshot, timeout=timeout)
 
 
-def guard_consumer(app: faust.App) -> None:
-    """Wrap the consumer faust creates (lazily, on its own loop) for this app."""
+def guard_consumer(app: faust.App, fetch_min_bytes: int = 1, fetch_max_wait: float = 0.5) -> None:
+    """Wrap the consumer faust creates (lazily, on its own loop) for this app.
+
+    Also sets what faust does not expose: how much a fetch waits for.
+    """
     new_consumer = app._new_consumer
 
     def _new_consumer() -> Any:
-        consumer = new_consumer()
+        consumer: Any = new_consumer()
         ConsumerGuards(consumer, lambda tp: tp.topic in app.tables.changelog_topics)
+        thread = consumer._thread
+        create = thread._create_worker_consumer
+
+        def create_worker_consumer(transport: Any) -> Any:
+            client = create(transport)
+            client._fetch_min_bytes = fetch_min_bytes  # read by AIOKafkaConsumer.start
+            client._fetch_max_wait_ms = int(fetch_max_wait * 1000)
+            return client
+
+        thread._create_worker_consumer = create_worker_consumer
         return consumer
 
     app._new_consumer = _new_consumer  # type: ignore[method-assign]
@@ -234,6 +255,9 @@ def observe(
     return metrics
 
 
+# records the allocator lets wait for a hand-over before it waits itself
+MAX_WAITING = 20_000
+
 RAW: dict[str, Any] = {
     "key_type": bytes,
     "value_type": bytes,
@@ -250,13 +274,14 @@ def allocator_app(settings: Settings) -> faust.App:
         table_standby_replicas=settings.standby_replicas,
     )
     table = app.Table("state", partitions=settings.partitions, key_type=bytes, value_type=bytes)
-    guard_consumer(app)
+    guard_consumer(app, settings.fetch_min_bytes, settings.fetch_max_wait)
     changelog = table.changelog_topic.get_topic_name()
     source = app.topic(*cat.allocator_sources, **RAW)
     local = _LocalTable(table)
     store = TableStore(local)
     stop = StopOnSendError()
-    persisted: dict[int, int] = {}
+    persisted: dict[int, int] = {}  # partition -> last changelog offset delivered
+    kept: dict[int, int] = {}  # partition -> last offset written as faust's persisted offset
 
     def ready() -> str | None:
         tables: Any = app.tables
@@ -293,20 +318,41 @@ def allocator_app(settings: Settings) -> faust.App:
             log.error("tracing switch unreadable (%r); going on with: %s", exc, switch.current.describe())
         show_switch()
 
-    def on_sent(fut: asyncio.Future[Any]) -> None:
-        if fut.cancelled() or fut.exception() is not None:
-            stop(fut.exception() or asyncio.CancelledError())
+    def on_changelog(partition: int, offset: int) -> None:
+        if offset > persisted.get(partition, -1):
+            persisted[partition] = offset
 
-    def on_changelog_sent(fut: asyncio.Future[Any]) -> None:
-        # an event's changelog records go to one partition, in order: the last one's
-        # offset covers them all
-        if fut.cancelled() or fut.exception() is not None:
-            return  # on_sent stops the process
-        meta = fut.result()
-        if meta.offset > persisted.get(meta.partition, -1):
-            persisted[meta.partition] = meta.offset
-            # lets a clean restart resume recovery here instead of at offset 0
-            local.store.set_persisted_offset(TP(changelog, meta.partition), meta.offset)
+    outbox: Outbox | None = None
+
+    async def open_outbox() -> Outbox:
+        """Once the producer runs: its batches, and faust's commits wait for them."""
+        producer: Any = app.producer
+        box = Outbox(producer._ensure_producer(), changelog, stop, on_changelog)
+        await box.learn([cat.allocations, cat.credits, cat.dead_letters])
+        flush = producer.flush
+
+        async def flush_after_hand_over() -> None:
+            # faust flushes its producer before it commits offsets (Consumer._commit_offsets)
+            await box.hand_over()
+            await flush()
+
+        producer.flush = flush_after_hand_over
+        return box
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def _linger() -> None:
+        while True:
+            await asyncio.sleep(settings.producer_linger)
+            if outbox is not None and outbox.waiting:
+                await outbox.hand_over()
+
+    @app.timer(1.0)  # type: ignore[untyped-decorator]
+    async def _keep_persisted() -> None:
+        """Lets a clean restart resume recovery here, not at offset 0 (a RocksDB write: once a second)."""
+        for partition, offset in list(persisted.items()):
+            if kept.get(partition) != offset:
+                local.store.set_persisted_offset(TP(changelog, partition), offset)
+                kept[partition] = offset
 
     async def _assigned(sender: Any, *args: Any, **kwargs: Any) -> None:
         store.forget_repairs()
@@ -321,6 +367,9 @@ def allocator_app(settings: Settings) -> faust.App:
 
     @app.agent(source, name="allocator")
     async def allocate(stream: faust.StreamT[bytes]) -> None:
+        nonlocal outbox
+        if outbox is None:
+            outbox = await open_outbox()
         allocator = Allocator(
             store, cat.credits, cat.allocations, cat.dead_letters, archive_topic=cat.archive,
             skips=lambda event_type, occurred_ns: switch.current.skips(event_type, occurred_ns),
@@ -345,18 +394,14 @@ def allocator_app(settings: Settings) -> faust.App:
                 metrics.count(handled, msg.attempt)
                 if store.created != created:
                     held.created(m.partition)
-                outputs = handled.outputs
-                producer: Any = app.producer
-                fut: Any = None
                 if local.pending:
-                    writes, local.pending = local.pending, []
-                    for key, value in writes:
-                        fut = await producer.send(changelog, key, value, m.partition, None, None)
-                        fut.add_done_callback(on_sent)
-                    fut.add_done_callback(on_changelog_sent)
-                for out in outputs:
-                    fut = await producer.send(out.topic, out.key, out.value, None, None, out.headers)
-                    fut.add_done_callback(on_sent)
+                    for key, value in local.pending:
+                        outbox.add(changelog, key, value, [], m.partition)
+                    local.pending = []
+                for out in handled.outputs:
+                    outbox.add(out.topic, out.key, out.value, out.headers)
+                if outbox.waiting > MAX_WAITING:
+                    await outbox.hand_over()
             except BaseException as exc:
                 # faust acks the event after an exception in the agent, whose state
                 # may be applied with its changelog or outputs not handed over: stop

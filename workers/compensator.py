@@ -129,7 +129,7 @@ def compensator_app(
 ) -> faust.App:
     cat = fleet_catalogue(settings)
     app = faust.App(**_base_config(settings, settings.compensator_app_id), store="memory://")
-    guard_consumer(app)
+    guard_consumer(app, settings.fetch_min_bytes, settings.fetch_max_wait)
     db = Database(settings.postgres_dsn.get_secret_value())
     policy = RetryPolicy.of(settings)
     tiers = [retry_topic(settings.topic_prefix, t) for t in range(len(settings.retry_delays))]

@@ -26,9 +26,13 @@ class Settings(BaseSettings):
     # faust tuning; see docs/fleet.md
     commit_interval: float = 2.8
     producer_linger: float = 0.01
+    producer_batch_bytes: int = 262_144
     standby_replicas: int = 1
     session_timeout: float = 15.0
     stream_buffer_maxsize: int = 4096
+    # a fetch waits for this many bytes, or fetch_max_wait: fewer, fuller fetches
+    fetch_min_bytes: int = 65536
+    fetch_max_wait: float = 0.05
     sink_batch: int = 2000
     sink_within: float = 0.2
     log_level: str = "warning"

@@ -113,7 +113,7 @@ def latencies(events: Sequence[Any], now_ms: int) -> tuple[list[float], list[flo
 def sink_app(settings: Settings) -> faust.App:
     cat = fleet_catalogue(settings)
     app = faust.App(**_base_config(settings, settings.sink_app_id), store="memory://")
-    guard_consumer(app)
+    guard_consumer(app, settings.fetch_min_bytes, settings.fetch_max_wait)
     db = Database(settings.postgres_dsn.get_secret_value())
     within = settings.sink_within
     topics = {cat.allocations, cat.dead_letters}

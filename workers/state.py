@@ -35,11 +35,13 @@ class Header(msgspec.Struct, array_like=True, gc=False):
 
 
 class Table(Protocol):
-    """What the store needs of a faust Table (bytes in, bytes out)."""
+    """What the store needs of the partition's table (bytes in, bytes out)."""
 
     def get(self, key: bytes, default: Any = None) -> Any: ...
 
-    def __setitem__(self, key: bytes, value: bytes) -> None: ...
+    def put_all(self, writes: list[tuple[bytes, bytes]]) -> None:
+        """Write these, in this order (one RocksDB write batch, then their changelog records)."""
+        ...
 
 
 def _account_prefix(account_id: str) -> bytes:
@@ -110,9 +112,8 @@ class TableStore:
         else:
             header = _header_decoder.decode(raw)
             head = header.account
-            if account_id not in self._repaired:
-                for key, value in header.redo:
-                    self.table[key] = value
+            if account_id not in self._repaired and header.redo:
+                self.table.put_all(header.redo)
         self._repaired.add(account_id)
         maps = [TableEntries[Any](self.table, _NS_BYTES[ns] + prefix, ns) for ns in Namespace]
         return AccountState(head, *maps)
@@ -125,9 +126,8 @@ class TableStore:
         if self._new == account_id:
             self.created += 1
             self._new = None
-        self.table[_HEADER_NS + _account_prefix(account_id)] = encode_value(Header(state.head, writes))
-        for key, value in writes:
-            self.table[key] = value
+        header = (_HEADER_NS + _account_prefix(account_id), encode_value(Header(state.head, writes)))
+        self.table.put_all([header, *writes])
 
 
 class PartitionDB(Protocol):

@@ -21,9 +21,10 @@ class LoggedTable(dict[bytes, bytes]):
         super().__init__(initial or {})
         self.changelog: list[tuple[bytes, bytes]] = []
 
-    def __setitem__(self, key: bytes, value: bytes) -> None:
-        super().__setitem__(key, value)
-        self.changelog.append((key, value))
+    def put_all(self, writes: list[tuple[bytes, bytes]]) -> None:
+        for key, value in writes:
+            self[key] = value
+            self.changelog.append((key, value))
 
 
 def single_account_events(log: list[dict[str, Any]]) -> list[bytes]:

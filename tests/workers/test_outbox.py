@@ -1,0 +1,135 @@
+"""The allocator's outbox: changelog batches in Kafka before any output, partitions in order."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from aiokafka.producer.message_accumulator import BatchBuilder
+from aiokafka.record.default_records import DefaultRecordBatch
+from aiokafka.structs import RecordMetadata, TopicPartition
+
+from workers.outbox import Outbox, partition_for
+
+
+class Broker:
+    """Takes batches like AIOKafkaProducer.send_batch; the test decides when each is delivered."""
+
+    def __init__(self, batch_size: int = 16_384) -> None:
+        self.batch_size = batch_size
+        self.sent: list[tuple[str, int, list[bytes]]] = []  # (topic, partition, values), in send order
+        self.pending: list[tuple[asyncio.Future[RecordMetadata], TopicPartition, int]] = []
+        self.offsets: dict[TopicPartition, int] = {}
+
+    def create_batch(self) -> BatchBuilder:
+        return BatchBuilder(self.batch_size, 0)
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        return set(range(4))
+
+    async def send_batch(self, batch: BatchBuilder, topic: str, *, partition: int) -> asyncio.Future[Any]:
+        buffer = batch._builder.build()
+        values = [r.value for r in DefaultRecordBatch(bytes(buffer))]
+        self.sent.append((topic, partition, values))
+        fut: asyncio.Future[RecordMetadata] = asyncio.get_running_loop().create_future()
+        self.pending.append((fut, TopicPartition(topic, partition), len(values)))
+        return fut
+
+    def deliver(self, error: BaseException | None = None) -> int:
+        n = len(self.pending)
+        for fut, tp, count in self.pending:
+            if error is not None:
+                fut.set_exception(error)
+                continue
+            base = self.offsets.get(tp, 0)
+            self.offsets[tp] = base + count
+            fut.set_result(RecordMetadata(tp.topic, tp.partition, tp, base, -1, 0, 0))
+        self.pending.clear()
+        return n
+
+
+async def until(check: Any) -> None:
+    for _ in range(100):
+        if check():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("not reached")
+
+
+async def test_outputs_go_only_after_kafka_has_the_changelog() -> None:
+    broker = Broker()
+    failures: list[BaseException] = []
+    persisted: dict[int, int] = {}
+    box = Outbox(broker, "state", failures.append, persisted.__setitem__)
+    await box.learn(["records"])
+    box.add("state", b"h", b"header-1", [], 2)
+    box.add("state", b"e", b"entry-1", [], 2)
+    box.add("records", b"alice", b"record-1", [("h", b"1")])
+    assert box.waiting == 3
+    handing = asyncio.ensure_future(box.hand_over())
+    await until(lambda: broker.sent)
+    await asyncio.sleep(0.01)
+    assert broker.sent == [("state", 2, [b"header-1", b"entry-1"])]  # outputs wait for the changelog
+    broker.deliver()
+    await until(lambda: len(broker.sent) == 2)
+    assert broker.sent[1] == ("records", partition_for(b"alice", 4), [b"record-1"])
+    assert not handing.done()  # not handed over until Kafka has the outputs too
+    broker.deliver()
+    await handing
+    assert box.waiting == 0 and persisted == {2: 1} and failures == []
+
+
+async def test_a_full_batch_goes_before_the_next_of_its_partition() -> None:
+    broker = Broker(batch_size=200)
+    box = Outbox(broker, "state", lambda exc: None)
+    values = [b"v%03d" % i + b"x" * 40 for i in range(20)]
+    for v in values:
+        box.add("state", b"k", v, [], 0)
+    handing = asyncio.ensure_future(box.hand_over())
+    await until(lambda: broker.pending)
+    broker.deliver()
+    await handing
+    assert len(broker.sent) > 1  # several batches
+    assert [v for _, _, vs in broker.sent for v in vs] == values
+
+
+async def test_what_is_added_during_a_hand_over_goes_with_the_next() -> None:
+    broker = Broker()
+    box = Outbox(broker, "state", lambda exc: None)
+    box.add("state", b"k", b"first", [], 0)
+    first = asyncio.ensure_future(box.hand_over())
+    await until(lambda: broker.pending)
+    box.add("state", b"k", b"second", [], 0)
+    second = asyncio.ensure_future(box.hand_over())  # waits for the first, then sends "second"
+    broker.deliver()
+    await first
+    await until(lambda: broker.pending)
+    assert broker.sent[-1] == ("state", 0, [b"second"])
+    broker.deliver()
+    await second
+    assert box.waiting == 0
+
+
+async def test_a_failed_batch_is_reported_and_every_later_hand_over_fails() -> None:
+    broker = Broker()
+    failures: list[BaseException] = []
+    box = Outbox(broker, "state", failures.append)
+    box.add("state", b"k", b"v", [], 0)
+    handing = asyncio.ensure_future(box.hand_over())
+    await until(lambda: broker.pending)
+    broker.deliver(RuntimeError("broker gone"))
+    with pytest.raises(RuntimeError, match="broker gone"):
+        await handing
+    assert [str(e) for e in failures] == ["broker gone"]
+    box.add("state", b"k", b"w", [], 0)
+    with pytest.raises(RuntimeError, match="broker gone"):
+        await box.hand_over()
+
+
+def test_keys_go_where_kafkas_default_partitioner_puts_them() -> None:
+    from aiokafka.partitioner import DefaultPartitioner
+
+    partitions = list(range(8))
+    for key in (b"", b"alice", b"acct-00042", "çå".encode()):
+        assert partition_for(key, 8) == DefaultPartitioner()(key, partitions, partitions)
