@@ -16,16 +16,16 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.partitioner import murmur2
 
 from topics.admin import partition_counts
+from workers.outbox import partition_for
 from workers.publish import reliable_producer
 from workers.state import account_of_key
 
 
 def partition_of(account_id: str, partitions: int) -> int:
-    """Kafka's default partitioner for a keyed message (the Java client's, and aiokafka's)."""
-    return int(murmur2(account_id.encode()) & 0x7FFFFFFF) % partitions
+    """The partition of an account's messages (they are keyed by its id)."""
+    return partition_for(account_id.encode(), partitions)
 
 
 async def copy_state(
