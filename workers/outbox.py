@@ -93,20 +93,25 @@ class Outbox:
         while self._handed < target:
             if self._failed is not None:
                 raise self._failed
-            if self._running is None:
+            # a finished hand-over counts as none, whether or not its callbacks have run:
+            # awaiting a done future does not yield, so waiting for them would spin
+            if self._running is None or self._running.done():
                 self._running = asyncio.ensure_future(self._send_all())
-                self._running.add_done_callback(self._ran)
             # shielded: a cancelled caller (a stopping timer) must not drop batches halfway
             await asyncio.shield(self._running)
 
-    def _ran(self, task: asyncio.Future[None]) -> None:
-        self._running = None
-        exc = task.exception() if not task.cancelled() else asyncio.CancelledError()
-        if exc is not None:
+    async def _send_all(self) -> None:
+        try:
+            await self._send_batches()
+        except asyncio.CancelledError as exc:  # the loop is closing: nothing commits after this
+            self._failed = exc
+            raise
+        except BaseException as exc:
             self._failed = exc
             self._on_failure(exc)
+            raise
 
-    async def _send_all(self) -> None:
+    async def _send_batches(self) -> None:
         upto = self._added
         batches = [*self._full, *((tp, b, c[0]) for tp, (b, c) in self._open.items())]
         self._full, self._open = [], {}

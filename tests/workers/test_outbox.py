@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 from typing import Any
 
 import pytest
@@ -133,3 +134,41 @@ def test_keys_go_where_kafkas_default_partitioner_puts_them() -> None:
     partitions = list(range(8))
     for key in (b"", b"alice", b"acct-00042", "çå".encode()):
         assert partition_for(key, 8) == DefaultPartitioner()(key, partitions, partitions)
+
+
+async def test_a_hand_over_right_after_another_finished_does_not_spin() -> None:
+    """The finished hand-over's callbacks may not have run yet: the next must not wait on it.
+
+    Awaiting a done future does not yield to the loop, so a loop that waits for
+    those callbacks spins for ever; the alarm breaks such a spin.
+    """
+    broker = Broker()
+    box = Outbox(broker, "state", lambda exc: None)
+    box.add("state", b"k", b"first", [], 0)
+    first = asyncio.ensure_future(box.hand_over())
+    await until(lambda: broker.pending)
+    broker.deliver()
+    running = box._running
+    assert running is not None
+    while not running.done():
+        await asyncio.sleep(0)
+    box.add("state", b"k", b"second", [], 0)  # at once: the first one's callbacks are still queued
+
+    def spinning(signum: int, frame: Any) -> None:
+        raise TimeoutError("hand_over spun without yielding")
+
+    previous = signal.signal(signal.SIGALRM, spinning)
+    signal.setitimer(signal.ITIMER_REAL, 2.0)
+
+    async def deliver_when_sent() -> None:
+        await until(lambda: broker.pending)
+        broker.deliver()
+
+    deliverer = asyncio.ensure_future(deliver_when_sent())
+    try:
+        await box.hand_over()  # inline, in this very step
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    await asyncio.gather(first, deliverer)
+    assert [v for _, _, vs in broker.sent for v in vs] == [b"first", b"second"] and box.waiting == 0
