@@ -349,8 +349,9 @@ def allocator_app(settings: Settings) -> faust.App:
     @app.timer(1.0)  # type: ignore[untyped-decorator]
     async def _keep_persisted() -> None:
         """Lets a clean restart resume recovery here, not at offset 0 (a RocksDB write: once a second)."""
+        open_dbs = local.store._dbs  # never reopen a revoked partition's DB: faust may still hold it
         for partition, offset in list(persisted.items()):
-            if kept.get(partition) != offset:
+            if partition in open_dbs and kept.get(partition) != offset:
                 local.store.set_persisted_offset(TP(changelog, partition), offset)
                 kept[partition] = offset
 
@@ -358,12 +359,21 @@ def allocator_app(settings: Settings) -> faust.App:
         store.forget_repairs()
         held.forget()
 
+    async def _revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
+        # faust drops a revoked partition's DB without closing it; a handle kept here
+        # would hold its lock when the partition comes back and faust opens it again
+        local.db = None
+        for tp in revoked:  # co-partitioned: an input partition goes with its state's
+            persisted.pop(tp.partition, None)
+            kept.pop(tp.partition, None)
+
     @app.timer(15.0)  # type: ignore[untyped-decorator]
     async def _accounts() -> None:
         partitions = {tp.partition for tp in app.consumer.assignment() if tp.topic in cat.inputs}
         metrics.accounts.set(held.count(partitions))
 
     app.on_partitions_assigned.connect(_assigned)  # type: ignore[arg-type]
+    app.on_partitions_revoked.connect(_revoked)  # type: ignore[arg-type]
 
     @app.agent(source, name="allocator")
     async def allocate(stream: faust.StreamT[bytes]) -> None:
