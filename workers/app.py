@@ -30,14 +30,13 @@ import msgspec
 import redis.asyncio as aioredis
 from faust.types import TP
 from redis.exceptions import RedisError
-from rocksdict import WriteBatch
 
 from topics.catalogue import Catalogue, catalogue
 from workers.allocator import Allocator, Message, StopOnSendError
 from workers.metrics import Health, Metrics, lag_of, serve
 from workers.outbox import Outbox
 from workers.settings import Settings
-from workers.state import AccountsHeld, TableStore
+from workers.state import AccountsHeld, PartitionTable, TableStore
 from workers.switch import SWITCH_KEY, SwitchHolder
 
 log = logging.getLogger(__name__)
@@ -81,33 +80,6 @@ def _base_config(settings: Settings, app_id: str) -> dict[str, Any]:
         "stream_buffer_maxsize": settings.stream_buffer_maxsize,
         "datadir": str(settings.state_dir),
     }
-
-
-class _LocalTable:
-    """The `workers.state.Table` the store writes to: the event's partition DB now, changelog records queued.
-
-    Reads and writes go straight to the partition's RocksDB (faust's `Store`
-    adds a key index we do not need); `use(partition)` picks it per event.
-    """
-
-    def __init__(self, table: Any) -> None:
-        self.store = table.data
-        self.db: Any = None
-        self.pending: list[tuple[bytes, bytes]] = []
-
-    def use(self, partition: int) -> None:
-        self.db = self.store._db_for_partition(partition)
-
-    def get(self, key: bytes, default: Any = None) -> Any:
-        value = self.db.get(key)
-        return default if value is None else value
-
-    def put_all(self, writes: list[tuple[bytes, bytes]]) -> None:
-        batch = WriteBatch(raw_mode=True)
-        for key, value in writes:
-            batch.put(key, value)
-        self.db.write(batch)
-        self.pending += writes
 
 
 class ConsumerGuards:
@@ -277,7 +249,8 @@ def allocator_app(settings: Settings) -> faust.App:
     guard_consumer(app, settings.fetch_min_bytes, settings.fetch_max_wait)
     changelog = table.changelog_topic.get_topic_name()
     source = app.topic(*cat.allocator_sources, **RAW)
-    local = _LocalTable(table)
+    rocks: Any = table.data  # faust's RocksDB store: one DB per partition
+    local = PartitionTable(rocks._db_for_partition)
     store = TableStore(local)
     stop = StopOnSendError()
     persisted: dict[int, int] = {}  # partition -> last changelog offset delivered
@@ -290,7 +263,7 @@ def allocator_app(settings: Settings) -> faust.App:
         return None
 
     metrics = observe(app, settings, "allocator", settings.app_id, set(cat.allocator_sources), ready)
-    held = AccountsHeld(local.store)
+    held = AccountsHeld(rocks)
     # kept beside the state folder, which is emptied after an unclean exit
     switch = SwitchHolder(settings.state_dir.with_name(settings.state_dir.name + ".switch.json"))
     redis_client = aioredis.Redis.from_url(
@@ -349,10 +322,10 @@ def allocator_app(settings: Settings) -> faust.App:
     @app.timer(1.0)  # type: ignore[untyped-decorator]
     async def _keep_persisted() -> None:
         """Lets a clean restart resume recovery here, not at offset 0 (a RocksDB write: once a second)."""
-        open_dbs = local.store._dbs  # never reopen a revoked partition's DB: faust may still hold it
+        open_dbs = rocks._dbs  # never reopen a revoked partition's DB: faust may still hold it
         for partition, offset in list(persisted.items()):
             if partition in open_dbs and kept.get(partition) != offset:
-                local.store.set_persisted_offset(TP(changelog, partition), offset)
+                rocks.set_persisted_offset(TP(changelog, partition), offset)
                 kept[partition] = offset
 
     async def _assigned(sender: Any, *args: Any, **kwargs: Any) -> None:

@@ -15,14 +15,11 @@ produced is in Kafka.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable
 from typing import Any
 
 from aiokafka import TopicPartition
 from aiokafka.partitioner import murmur2
-
-log = logging.getLogger(__name__)
 
 
 def partition_for(key: bytes, partitions: int) -> int:

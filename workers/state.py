@@ -16,9 +16,11 @@ that, writes from this process are in order, so once is enough.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeVar
 
 import msgspec
+from rocksdict import WriteBatch
 
 from costtrace.model.state import Account, AccountState, Namespace, decode_value, encode_value
 
@@ -42,6 +44,34 @@ class Table(Protocol):
     def put_all(self, writes: list[tuple[bytes, bytes]]) -> None:
         """Write these, in this order (one RocksDB write batch, then their changelog records)."""
         ...
+
+
+class PartitionTable:
+    """The `Table` on RocksDB: the event's partition DB, with the changelog records of its writes queued.
+
+    Reads and writes go straight to the partition's RocksDB (faust's `Store`
+    adds a key index we do not need); `use(partition)` picks it per event, and
+    the allocator sends `pending` to the changelog after each event.
+    """
+
+    def __init__(self, db_for_partition: Callable[[int], Any]) -> None:
+        self._db_for_partition = db_for_partition
+        self.db: Any = None
+        self.pending: list[tuple[bytes, bytes]] = []
+
+    def use(self, partition: int) -> None:
+        self.db = self._db_for_partition(partition)
+
+    def get(self, key: bytes, default: Any = None) -> Any:
+        value = self.db.get(key)
+        return default if value is None else value
+
+    def put_all(self, writes: list[tuple[bytes, bytes]]) -> None:
+        batch = WriteBatch(raw_mode=True)
+        for key, value in writes:
+            batch.put(key, value)
+        self.db.write(batch)
+        self.pending += writes
 
 
 def _account_prefix(account_id: str) -> bytes:

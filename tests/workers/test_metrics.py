@@ -8,14 +8,14 @@ from typing import Any
 import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from rocksdict import Rdict
+from rocksdict import Options, Rdict
 
 from costtrace.model.state import MemoryStore
 from tests.model.helpers import consumed, issued
 from workers.allocator import Allocator, Message
 from workers.metrics import Health, Metrics, lag_of, serve
 from workers.sink import latencies
-from workers.state import TableStore, count_headers
+from workers.state import PartitionTable, TableStore, count_headers
 
 
 def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -107,24 +107,12 @@ async def test_health_endpoints_say_why_they_fail() -> None:
         await runner.cleanup()
 
 
-class RocksTable:
-    """The store's `Table` straight on one RocksDB."""
-
-    def __init__(self, db: Rdict) -> None:
-        self.db = db
-
-    def get(self, key: bytes, default: Any = None) -> Any:
-        return self.db.get(key, default)
-
-    def put_all(self, writes: list[tuple[bytes, bytes]]) -> None:
-        for key, value in writes:
-            self.db[key] = value
-
-
 def test_accounts_held_counts_account_headers_on_rocksdb(tmp_path: Path) -> None:
-    db = Rdict(str(tmp_path / "p0"))
+    db = Rdict(str(tmp_path / "p0"), Options(raw_mode=True))  # as faust opens its partition DBs
     try:
-        store = TableStore(RocksTable(db))
+        table = PartitionTable(lambda partition: db)
+        table.use(0)
+        store = TableStore(table)
         allocator = Allocator(store, "credits", "allocations", "dead-letters")
         log = [issued("b1", 5), consumed("o1", 3), issued("b9", 1, account="bob")]
         for offset, raw in enumerate(log):
