@@ -126,6 +126,14 @@ class Fleet:
 
         return Counter((r["event_id"], r["account_id"], r["reason"]) for r in asyncio.run(fetch()))
 
+    def assert_replays(self, lines: list[bytes]) -> dict[str, list[dict[str, Any]]]:
+        """The fleet holds exactly replay's records of `lines` and its rejections; replay's records."""
+        expected, rejections = replay(lines)
+        got = by_account(self.export())
+        assert got == expected, differences(got, expected)
+        assert self.dead_letters() == rejections
+        return expected
+
 
 def replay(
     lines: list[bytes],

@@ -16,7 +16,7 @@ import msgspec
 import pytest
 
 from costtrace.sample import encode_event, generate_events
-from tests.integration.fleet import Fleet, by_account, differences, phases, replay
+from tests.integration.fleet import Fleet, phases
 
 T = "2026-02-01T12:00:00Z"
 
@@ -102,10 +102,7 @@ def test_a_killed_worker_loses_and_doubles_nothing(fleet: Fleet, victim: str) ->
         fleet.drain()
 
     lines = prefix + [line for phase in bulk for line in phase]
-    expected, rejections = replay(lines)
-    got = by_account(fleet.export())
-    assert got == expected, differences(got, expected)
-    assert fleet.dead_letters() == rejections
+    fleet.assert_replays(lines)
     if victim == "allocator, same state folder":
         log: Any = (fleet.tmp / "allocator-1.log").read_text(errors="replace")
         assert "was not left cleanly" in log  # the kept RocksDB was not trusted
