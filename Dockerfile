@@ -1,11 +1,14 @@
 # costtrace worker image (docs/operations.md). Multi-stage: wheels are built
 # in the first stage; the runtime stage holds the interpreter, the installed
 # wheels and nothing else (no pip, no sources, no build tools).
-# Pin the base by digest in your registry mirror too, e.g.
-#   --build-arg PYTHON=python:3.11.11-slim-bookworm@sha256:<digest>
-# This workplace has no Docker engine: the image is not built in CI here
-# (tests/deploy/test_dockerfile.py checks the file and builds its wheels).
-ARG PYTHON=python:3.11.11-slim-bookworm
+# The base is pinned by digest: the multi-arch index of python:3.11.11-slim-bookworm
+# (the tag's final build). A mirror passes its own copy with
+#   --build-arg PYTHON=<mirror>/python:3.11.11-slim-bookworm@sha256:<digest>
+# This workplace has no Docker engine or registry access: the image is not built
+# in CI here, and the digest was taken from public projects that pin the same
+# tag, not pulled (tests/deploy/test_dockerfile.py checks the file and builds
+# its wheels).
+ARG PYTHON=python:3.11.11-slim-bookworm@sha256:081075da77b2b55c23c088251026fb69a7b2bf92471e491ff5fd75c192fd38e5
 
 FROM ${PYTHON} AS build
 WORKDIR /src
