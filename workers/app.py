@@ -36,7 +36,7 @@ from workers.allocator import Allocator, Message, StopOnSendError
 from workers.metrics import Health, Metrics, lag_of, serve
 from workers.outbox import Outbox
 from workers.settings import Settings
-from workers.state import AccountsHeld, PartitionTable, TableStore
+from workers.state import AccountsHeld, PartitionTable, TableStore, without_write_ahead_log
 from workers.switch import SWITCH_KEY, SwitchHolder
 
 log = logging.getLogger(__name__)
@@ -250,6 +250,7 @@ def allocator_app(settings: Settings) -> faust.App:
     changelog = table.changelog_topic.get_topic_name()
     source = app.topic(*cat.allocator_sources, **RAW)
     rocks: Any = table.data  # faust's RocksDB store: one DB per partition
+    without_write_ahead_log(rocks)
     local = PartitionTable(rocks._db_for_partition)
     store = TableStore(local)
     stop = StopOnSendError()

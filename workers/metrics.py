@@ -40,6 +40,7 @@ class Metrics:
 
     def __post_init__(self) -> None:
         r = self.registry
+        self._children: dict[tuple[int, tuple[str, ...]], Counter] = {}
         self.info = Gauge(
             "costtrace_worker_info",
             "This worker's role and consumer group (always 1).",
@@ -169,14 +170,23 @@ class Metrics:
     def count(self, handled: Handled, attempt: int = 1) -> None:
         """One allocator message: its outcome, and the records or rejection it gave the first time."""
         outcome = handled.outcome
-        self.events.labels(handled.event_type, outcome.status.value).inc()
+        child = self._child
+        child(self.events, handled.event_type, outcome.status.value).inc()
         if attempt > 1 and outcome.status is Status.APPLIED:
-            self.compensations.labels("applied").inc()  # a retry the compensator sent, applied
+            child(self.compensations, "applied").inc()  # a retry the compensator sent, applied
         if outcome.status is Status.APPLIED:
             for record in outcome.records:
-                self.records.labels(record.kind).inc()
+                child(self.records, record.kind).inc()
         elif outcome.status is Status.REJECTED and outcome.rejection is not None:
-            self.rejections.labels(outcome.rejection.reason).inc()
+            child(self.rejections, outcome.rejection.reason).inc()
+
+    def _child(self, metric: Counter, *labels: str) -> Counter:
+        """`metric.labels(*labels)`, looked up once: the allocator counts several per event."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
     def set_lag(self, group: str, lags: Iterable[tuple[str, int, int]]) -> None:
         """Replace the lag gauges: partitions this worker no longer holds must not linger."""

@@ -21,6 +21,8 @@ from typing import Any
 from aiokafka import TopicPartition
 from aiokafka.partitioner import murmur2
 
+_KNOWN_KEYS = 100_000  # keys whose partition an outbox remembers, per topic
+
 
 def partition_for(key: bytes, partitions: int) -> int:
     """Kafka's default partitioner for a keyed message (the Java client's, and aiokafka's)."""
@@ -41,6 +43,7 @@ class Outbox:
         self._on_failure = on_failure
         self._on_changelog = on_changelog
         self._partitions: dict[str, int] = {}
+        self._keyed: dict[str, dict[bytes, int]] = {}  # per topic: key -> partition
         self._open: dict[TopicPartition, tuple[Any, list[int]]] = {}  # builder, [record count]
         self._full: list[tuple[TopicPartition, Any, int]] = []
         self._added = 0  # records added so far
@@ -57,6 +60,7 @@ class Outbox:
         """Partition counts of the topics outputs are keyed into (before the first `add`)."""
         for topic in topics:
             self._partitions[topic] = len(await self._producer.partitions_for(topic))
+            self._keyed[topic] = {}
 
     def add(
         self,
@@ -68,7 +72,13 @@ class Outbox:
     ) -> None:
         """Queue one record; without `partition`, it goes where Kafka's default partitioner puts its key."""
         if partition is None:
-            partition = partition_for(key, self._partitions[topic])
+            # murmur2 is pure Python: an account's partition is worked out once
+            known = self._keyed[topic]
+            partition = known.get(key)
+            if partition is None:
+                if len(known) >= _KNOWN_KEYS:
+                    known.clear()
+                partition = known[key] = partition_for(key, self._partitions[topic])
         tp = TopicPartition(topic, partition)
         entry = self._open.get(tp)
         if entry is None:

@@ -11,6 +11,7 @@ from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.record.default_records import DefaultRecordBatch
 from aiokafka.structs import RecordMetadata, TopicPartition
 
+from workers import outbox
 from workers.outbox import Outbox, partition_for
 
 
@@ -134,6 +135,25 @@ def test_keys_go_where_kafkas_default_partitioner_puts_them() -> None:
     partitions = list(range(8))
     for key in (b"", b"alice", b"acct-00042", "çå".encode()):
         assert partition_for(key, 8) == DefaultPartitioner()(key, partitions, partitions)
+
+
+async def test_keyed_records_keep_their_partition_when_the_remembered_keys_are_let_go(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(outbox, "_KNOWN_KEYS", 7)
+    broker = Broker()
+    box = Outbox(broker, "state", lambda exc: None)
+    await box.learn(["records"])
+    keys = [f"acct-{i}".encode() for i in range(20)]
+    for key in keys + keys[::-1]:
+        box.add("records", key, key, [])
+    handing = asyncio.ensure_future(box.hand_over())
+    await until(lambda: broker.sent)
+    broker.deliver()
+    await handing
+    placed = sorted((value, partition) for _, partition, values in broker.sent for value in values)
+    assert placed == sorted((key, partition_for(key, 4)) for key in keys * 2)
+    assert len({partition for _, partition in placed}) > 1
 
 
 async def test_a_hand_over_right_after_another_finished_does_not_spin() -> None:

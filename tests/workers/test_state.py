@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import msgspec
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from rocksdict import Options, Rdict
 
 from costtrace.model.allocation import Status, apply_event
 from costtrace.model.state import MemoryStore, Position
 from tests.model.test_properties import logs
 from workers.state import TableStore, account_of_key
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 class LoggedTable(dict[bytes, bytes]):
@@ -115,3 +122,44 @@ def test_every_state_key_names_its_account() -> None:
         )  # fmt: skip
         apply_event(tstore, raw, Position("t:0", 0))
     assert {account_of_key(k) for k, _ in table.changelog} == {"alice", "b:o:b", "çå", "12:34"}
+
+
+_WRITER = """
+import gc, os, sys
+from rocksdict import Options, Rdict
+from workers.state import PartitionTable, without_write_ahead_log
+
+class Rocks:  # faust's RocksDB store, as far as the wrapper goes
+    def _open_for_partition(self, partition):
+        return Rdict(f"{sys.argv[1]}/{partition}", options=Options(raw_mode=True))
+
+rocks = Rocks()
+without_write_ahead_log(rocks)
+db = rocks._open_for_partition(0)
+table = PartitionTable(lambda partition: db)
+table.use(0)
+for i in range(100):
+    table.put_all([(b"k%d" % i, b"v%d" % i), (b"h", b"%d" % i)])
+    db.put(b"__faust\\0offset__", b"%d" % i)  # as faust's set_persisted_offset writes it
+    if i == 49:
+        db.flush()  # RocksDB flushes a full memtable on its own; here, once, by hand
+if sys.argv[2] == "close":
+    del table, db, rocks
+    gc.collect()
+os._exit(0)  # no interpreter shutdown: as far as RocksDB sees, a kill
+"""
+
+
+@pytest.mark.parametrize(("ending", "kept"), [("kill", 50), ("close", 100)])
+def test_a_db_without_its_write_ahead_log_keeps_a_prefix_of_its_writes(
+    tmp_path: Path, ending: str, kept: int
+) -> None:
+    """What the allocator relies on with the log off: data and persisted offset are lost together, or kept."""
+    subprocess.run([sys.executable, "-c", _WRITER, str(tmp_path), ending], check=True, cwd=REPO)
+    db = Rdict(str(tmp_path / "0"), options=Options(raw_mode=True))
+    try:
+        present = [i for i in range(100) if db.get(b"k%d" % i) is not None]
+        assert present == list(range(kept))
+        assert db.get(b"h") == db.get(b"__faust\0offset__") == b"%d" % (kept - 1)
+    finally:
+        db.close()
