@@ -83,7 +83,7 @@ def _base_config(settings: Settings, app_id: str) -> dict[str, Any]:
 
 
 class ConsumerGuards:
-    """Two fixes around faust's consumer, each for events read before faust is ready for them.
+    """Three fixes around faust's consumer, each for events read before faust is ready for them.
 
     1. Seek before streaming. faust's recovery resumes the stream partitions
        and *then* awaits `perform_seek` (`Recovery.on_recovery_completed`,
@@ -101,8 +101,17 @@ class ConsumerGuards:
        aiokafka counted them consumed. A partition with a committed offset is
        sought back later; one that was never committed lost those events for
        good. Here the consumer thread gets a snapshot of the set.
+    3. Rewind partitions the group never committed. faust drops records it
+       has fetched when a rebalance starts while it hands them out (flow
+       stopped, generation changed) and counts on its seek to the committed
+       offsets to read them again; aiokafka's `seek_to_committed` leaves a
+       partition without a committed offset where it is, past the dropped
+       records, which are then never applied and never committed: the
+       partition stalls. Here every such stream partition is sought to its
+       beginning after faust's seek (the consumer's `earliest` reset; what
+       was applied already comes back as redelivered).
 
-    Both seen on the broker (docs/fleet.md, "Effectively once", 7).
+    All three seen on the broker (docs/fleet.md, "Effectively once", 7).
     """
 
     def __init__(self, consumer: Any, is_changelog: Callable[[TP], bool]) -> None:
@@ -128,12 +137,23 @@ class ConsumerGuards:
     async def perform_seek(self) -> None:
         try:
             await self._seek()
+            await self._rewind_never_committed()
         finally:
             assigned = self._consumer.assignment()
             deferred, self.deferred = self.deferred & assigned, set()
             if deferred:
                 self._resume(deferred)
             log.info("sought; resumed %d stream partition(s) of %d assigned", len(deferred), len(assigned))
+
+    async def _rewind_never_committed(self) -> None:
+        committed = self._consumer._committed_offset  # faust's: None for no offset, and for 0
+        rewind = [
+            tp for tp in self._consumer.assignment() if not self._is_changelog(tp) and not committed.get(tp)
+        ]
+        if rewind:
+            # in faust's consumer thread; below the log start, aiokafka resets to it (earliest)
+            await self._consumer.seek_wait(dict.fromkeys(rewind, 0))
+            log.info("rewound %d stream partition(s) without a committed offset", len(rewind))
 
     async def getmany(self, active_partitions: set[TP] | None, timeout: float) -> Any:
         # faust calls this only with a non-empty set (or None for client-only apps)
@@ -205,14 +225,18 @@ def observe(
         async def _bookkeeping() -> None:
             """faust's own commit bookkeeping per partition, to diagnose commits that stop."""
             c: Any = app.consumer
+            client = getattr(c._thread, "_consumer", None)  # aiokafka's consumer, in faust's consumer thread
+            assignment = client._subscription.subscription.assignment if client is not None else None
             rows = []
             for tp in sorted(c.assignment()):
                 if tp.topic in topics:
                     acked = c._acked.get(tp) or []
                     span = f"{min(acked)}..{max(acked)}#{len(acked)}" if acked else "-"
                     active = "active" if tp in (c._active_partitions or ()) else "paused"
+                    st = assignment.state_value(tp) if assignment is not None else None
+                    fetch = "-" if st is None else f"{st._status.name}@{st._position} paused={st.paused}"
                     rows.append(f"{tp.topic}/{tp.partition} committed={c._committed_offset.get(tp)} "
-                                f"read={c._read_offset.get(tp)} acked={span} {active}")  # fmt: skip
+                                f"read={c._read_offset.get(tp)} acked={span} {active} {fetch}")  # fmt: skip
             log.warning("OFFSETS flow=%s %s", c.flow_active, " | ".join(rows))
 
     @app.timer(5.0)  # type: ignore[untyped-decorator]

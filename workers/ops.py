@@ -26,12 +26,14 @@ from workers.settings import Settings
 log = logging.getLogger(__name__)
 
 
-async def caught_up(
+async def behind(
     groups: dict[str, list[str]],
     partitions: int,
     consumer: AIOKafkaConsumer,
     admin: AIOKafkaAdminClient,
-) -> bool:
+) -> list[str]:
+    """Each partition a group has not committed to its end yet: `group topic/partition committed/end`."""
+    out = []
     for group, names in groups.items():
         tps = [TopicPartition(n, p) for n in names for p in range(partitions)]
         ends = await consumer.end_offsets(tps)
@@ -39,8 +41,9 @@ async def caught_up(
         for tp in tps:
             done = committed.get(tp)
             if ends[tp] > 0 and (done is None or done.offset < ends[tp]):
-                return False
-    return True
+                at = "-" if done is None else done.offset
+                out.append(f"{group} {tp.topic}/{tp.partition} {at}/{ends[tp]}")
+    return out
 
 
 async def wait_drained(
@@ -57,26 +60,22 @@ async def wait_drained(
     `check` runs between polls (tests use it to fail fast on a dead worker).
     """
     groups = {allocator_group: cat.allocator_sources, sink_group: [cat.allocations, cat.dead_letters]}
-
-    async def committed(consumer: AIOKafkaConsumer, admin: AIOKafkaAdminClient) -> bool:
-        return await caught_up(groups, partitions, consumer, admin)
-
-    predicate = committed
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await consumer.start()
     await admin.start()
     deadline = time.monotonic() + timeout
     stable = 0
+    lagging = ["not asked yet"]
     try:
         while time.monotonic() < deadline:
             check()
             try:
-                done = await predicate(consumer, admin)
+                lagging = await behind(groups, partitions, consumer, admin)
             except KafkaError as exc:  # e.g. no group coordinator yet on a fresh broker
                 log.info("not caught up yet: %r", exc)
-                done = False
-            if done:
+                lagging = [repr(exc)]
+            if not lagging:
                 stable += 1
                 if stable >= 2:  # twice in a row: credits made meanwhile are seen
                     return
@@ -86,7 +85,8 @@ async def wait_drained(
     finally:
         await consumer.stop()
         await admin.close()
-    raise TimeoutError(f"the fleet did not catch up within {timeout:.0f} s")
+    shown = "; ".join(lagging[:8]) + (f"; and {len(lagging) - 8} more" if len(lagging) > 8 else "")
+    raise TimeoutError(f"the fleet did not catch up within {timeout:.0f} s: behind: {shown}")
 
 
 @dataclass

@@ -33,6 +33,8 @@ class Fleet:
 
     tmp: Path
     partitions: int = 4
+    replication: int = 1
+    stack: dict[str, str] | None = None  # another stack's COSTTRACE_* settings (default: deploy/stack's)
     name: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:10]}")
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     settings: Settings = field(init=False)
@@ -42,11 +44,12 @@ class Fleet:
 
     def setup(self) -> None:
         """The test's own database (migrated) and topics, and its workers' settings."""
-        run = prepare_run(stack_env(), self.name, partitions=self.partitions)
+        stack = self.stack if self.stack is not None else stack_env()
+        run = prepare_run(stack, self.name, partitions=self.partitions, replication=self.replication)
         self.settings, self.dsn = run.settings, run.dsn
         self.catalogue = fleet_catalogue(run.settings)
         self.env = {
-            **os.environ, **run.env,
+            **os.environ, **run.env, "COSTTRACE_REPLICATION": str(self.replication),
             "COSTTRACE_COMMIT_INTERVAL": "0.3", "COSTTRACE_SESSION_TIMEOUT": "6",
             "COSTTRACE_SINK_WITHIN": "0.1", "COSTTRACE_LOG_LEVEL": "info",
         }  # fmt: skip

@@ -1,4 +1,5 @@
-"""The guards around faust's consumer: no stream event before its seek, no fetch of paused partitions."""
+"""The guards around faust's consumer: no stream event before its seek, no fetch of paused partitions,
+no partition left past records faust dropped."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ class Consumer:
         self.calls: list[str] = []
         self.seek_done = asyncio.Event()
         self.assigned = {STREAM, CHANGELOG}
+        self._committed_offset: dict[TP, int | None] = {}
+        self.positions: dict[TP, int] = {}
 
     def resume_partitions(self, tps: Any) -> None:
         self.active |= set(tps)
@@ -28,6 +31,9 @@ class Consumer:
     async def perform_seek(self) -> None:
         self.calls.append(f"seek while active={sorted(tp.topic for tp in self.active)}")
         await self.seek_done.wait()
+
+    async def seek_wait(self, partitions: dict[TP, int]) -> None:
+        self.positions.update(partitions)
 
     def assignment(self) -> set[TP]:
         return self.assigned
@@ -63,3 +69,13 @@ async def test_the_consumer_thread_fetches_a_snapshot_of_the_active_partitions()
     active.discard(CHANGELOG)  # recovery pauses the changelog while the fetch waits
     assert await fetch == {CHANGELOG: []}
     assert consumer.fetching == {CHANGELOG}, "an emptied set reads as every partition in aiokafka"
+
+
+async def test_stream_partitions_the_group_never_committed_are_read_again_from_their_beginning() -> None:
+    consumer = Consumer()
+    ConsumerGuards(consumer, lambda tp: tp.topic.endswith("-changelog"))
+    consumer.assigned = {STREAM, OTHER, CHANGELOG}
+    consumer._committed_offset = {STREAM: 7}  # OTHER: never committed; CHANGELOG: recovery's business
+    consumer.seek_done.set()
+    await consumer.perform_seek()
+    assert consumer.positions == {OTHER: 0}
