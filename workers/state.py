@@ -78,13 +78,13 @@ def without_write_ahead_log(rocks: Any) -> None:
     """Open every partition DB of faust's RocksDB store `rocks` with RocksDB's write-ahead log off.
 
     The log buys nothing here and cost about a sixth of the allocator's own
-    per-event work (a file write per write batch). Without it, a process that ends without
-    closing a DB loses the writes since the last memtable flush, all of them
-    and nothing else: the DB is then a prefix of what was written, and faust's
-    persisted offset (written to the same DB, the same way) never says more
-    than the data under it, so recovery from the changelog completes it. A
-    kill empties the folder anyway (workers/lifecycle.py); a DB whose handle
-    is closed (faust drops them at a clean stop) is flushed first.
+    per-event work (a file write per write batch). Without it, a process that
+    ends without closing a DB loses the writes since the last memtable flush,
+    all of them and nothing else: the DB is then a prefix of what was written,
+    and faust's persisted offset (written to the same DB, the same way) never
+    says more than the data under it, so recovery from the changelog completes
+    it. A kill empties the folder anyway (workers/lifecycle.py); a DB whose
+    handle is closed (faust drops them at a clean stop) is flushed first.
     """
     open_db = rocks._open_for_partition
     options = WriteOptions()
