@@ -94,7 +94,6 @@ def test_a_broker_killed_mid_stream_on_three_nodes_loses_and_doubles_nothing(
                 cluster.kill(2)  # partition leaders and maybe a group coordinator move to the others
             if i == back:
                 cluster.run("up")  # node 2 again; it catches up with the other two
-            print(f"phase {i}/{len(parts)} published", flush=True)
             fleet.drain(timeout=240)
         fleet.assert_replays(lines)
     except BaseException:
