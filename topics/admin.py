@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
@@ -11,13 +12,19 @@ from aiokafka.errors import TopicAlreadyExistsError
 from topics.catalogue import Catalogue
 
 
-async def partition_counts(bootstrap: str, names: list[str]) -> dict[str, int]:
+async def describe(bootstrap: str, names: list[str]) -> list[dict[str, Any]]:
+    """The broker's metadata of these topics (aiokafka's `describe_topics`: partitions, replicas, ...)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        described = await admin.describe_topics(names)
+        described: list[dict[str, Any]] = await admin.describe_topics(names)
+        return described
     finally:
         await admin.close()
+
+
+async def partition_counts(bootstrap: str, names: list[str]) -> dict[str, int]:
+    described = await describe(bootstrap, names)
     return {d["topic"]: len(d["partitions"]) for d in described if d.get("error_code", 0) == 0}
 
 

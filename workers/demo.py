@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from costtrace.sample import encode_event, generate_events
@@ -19,9 +19,14 @@ from workers.publish import publish
 REPO = Path(__file__).resolve().parents[1]
 
 
-def stack_env() -> dict[str, str]:
-    """The COSTTRACE_* connection settings of the local stack (`deploy/stack env`)."""
-    out = subprocess.run([str(REPO / "deploy" / "stack"), "env"], capture_output=True, text=True, check=True)
+def stack_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The COSTTRACE_* connection settings of the local stack (`deploy/stack env`).
+
+    `environ`: deploy/stack's own settings (STACK_DIR, KAFKA_NODES, ...) for another stack.
+    """
+    out = subprocess.run(
+        [str(REPO / "deploy" / "stack"), "env"], env=environ, capture_output=True, text=True, check=True
+    )
     return dict(line.split("=", 1) for line in out.stdout.split())
 
 

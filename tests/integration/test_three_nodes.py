@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
 
 from costtrace.sample import encode_event, generate_events
 from tests.integration.fleet import REPO, Fleet, phases
+from topics.admin import describe
 from workers.demo import stack_env
 
 STACK = REPO / "deploy" / "stack"
@@ -39,7 +39,7 @@ class Cluster:
 
     @property
     def bootstrap(self) -> str:
-        return dict(line.split("=", 1) for line in self.run("env").split())["COSTTRACE_KAFKA_BOOTSTRAP"]
+        return stack_env(self.env)["COSTTRACE_KAFKA_BOOTSTRAP"]
 
     def kill(self, node: int) -> None:
         pid = int((self.folder / "kafka" / f"node{node}" / "pid").read_text())
@@ -61,16 +61,6 @@ def cluster(stack: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[C
         c.run("destroy")
 
 
-async def replication_factors(bootstrap: str, topics: list[str]) -> set[int]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        described = await admin.describe_topics(topics)
-    finally:
-        await admin.close()
-    return {len(p["replicas"]) for t in described for p in t["partitions"]}
-
-
 def test_a_broker_killed_mid_stream_on_three_nodes_loses_and_doubles_nothing(
     cluster: Cluster, tmp_path: Path
 ) -> None:
@@ -80,8 +70,10 @@ def test_a_broker_killed_mid_stream_on_three_nodes_loses_and_doubles_nothing(
     fleet.setup()
     fleet.env["COSTTRACE_DEBUG_OFFSETS"] = "1"  # faust's commit bookkeeping in the logs kept on failure
     try:
-        topics = [t.name for t in fleet.catalogue.topics]
-        assert asyncio.run(replication_factors(fleet.settings.kafka_bootstrap, topics)) == {3}
+        described = asyncio.run(
+            describe(fleet.settings.kafka_bootstrap, [t.name for t in fleet.catalogue.topics])
+        )
+        assert {len(p["replicas"]) for t in described for p in t["partitions"]} == {3}
         lines = [encode_event(e) for e in generate_events(1200, 300, seed=17, skew=1.0)]
         fleet.start("allocator-1", "allocator", tmp_path / "state-1")
         fleet.start("allocator-2", "allocator", tmp_path / "state-2")
