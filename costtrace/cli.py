@@ -232,7 +232,7 @@ def db_migrate() -> None:
     default=None,
     help="RocksDB folder of this allocator process (one per process).",
 )
-@click.option("--loglevel", default=None, help="faust log level (default: COSTTRACE_LOG_LEVEL).")
+@click.option("--loglevel", default=None, help="log level (default: COSTTRACE_LOG_LEVEL).")
 def worker(role: str, state_dir: str | None, loglevel: str | None) -> None:
     """Run one fleet worker process. Scale by running more; each takes a share of the partitions.
 
@@ -251,14 +251,14 @@ def worker(role: str, state_dir: str | None, loglevel: str | None) -> None:
         asyncio.run(check(settings.kafka_bootstrap, fleet_catalogue(settings)))
     except (LookupError, ValueError) as exc:
         raise click.ClickException(f"refusing to start: {exc}") from exc
-    settings.state_dir.mkdir(parents=True, exist_ok=True)  # faust's data dir, for every role
+    if role == "sink":  # a plain Kafka consumer, no faust (workers/sink.py)
+        from workers import sink
+
+        sys.exit(sink.main(settings, loglevel or settings.log_level))
+    settings.state_dir.mkdir(parents=True, exist_ok=True)  # faust's data dir
     if role == "allocator":
         prepare_state_dir(settings.state_dir)
         app = allocator_app(settings)
-    elif role == "sink":
-        from workers.sink import sink_app
-
-        app = sink_app(settings)
     else:
         from workers.compensator import compensator_app
 

@@ -34,8 +34,8 @@ class Settings(BaseSettings):
     # a fetch waits for this many bytes, or fetch_max_wait: fewer, fuller fetches
     fetch_min_bytes: int = 65536
     fetch_max_wait: float = 0.05
+    # most messages one sink batch takes (it takes what has arrived, without waiting for more)
     sink_batch: int = 2000
-    sink_within: float = 0.2
     log_level: str = "warning"
 
     # the compensator (workers/compensator.py): which dead letters are retried, how
