@@ -1,14 +1,19 @@
 """The guards around faust's consumer: no stream event before its seek, no fetch of paused partitions,
-no partition left past records faust dropped."""
+no partition left past records faust dropped; and its hand-over of fetched messages without tasks."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
+import warnings
 from typing import Any
+from unittest.mock import ANY
 
 from faust.types import TP
+from mode import Service
+from mode.services import WaitResults
 
-from workers.app import ConsumerGuards
+from workers.app import ConsumerGuards, fast_hand_over
 
 STREAM, OTHER, CHANGELOG = TP("p.issued", 0), TP("p.issued", 1), TP("app-state-changelog", 0)
 
@@ -79,3 +84,97 @@ async def test_stream_partitions_the_group_never_committed_are_read_again_from_t
     consumer.seek_done.set()
     await consumer.perform_seek()
     assert consumer.positions == {OTHER: 0}
+
+
+class Fetching(Service):
+    """A mode service with a consumer's `suspend_flow`; counts the calls of mode's own `wait_first`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.suspend_flow = asyncio.Event()
+        self.slow_paths = 0
+        slow = self.wait_first
+
+        async def counted(*coros: Any, timeout: Any = None) -> Any:
+            self.slow_paths += 1
+            return await slow(*coros, timeout=timeout)
+
+        self.wait_first = counted  # type: ignore[method-assign]
+        fast_hand_over(self)
+
+
+async def test_a_hand_over_that_finishes_at_once_takes_no_task_and_closes_the_flow_wait() -> None:
+    consumer = Fetching()
+
+    async def put(value: int) -> int:
+        return value * 2
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = await consumer.wait_first(put(21), consumer.suspend_flow.wait())
+        gc.collect()
+    assert got == WaitResults([ANY], [42], False)
+    assert consumer.slow_paths == 0
+    assert not [w for w in caught if "never awaited" in str(w.message)]
+
+
+async def test_a_hand_over_that_waits_goes_on_as_before_and_gives_its_result() -> None:
+    consumer = Fetching()
+    queue: asyncio.Queue[int] = asyncio.Queue(maxsize=1)
+    queue.put_nowait(0)  # full: the hand-over waits for room
+
+    async def put(value: int) -> str:
+        await queue.put(value)
+        await asyncio.sleep(0)  # and suspends once more after its first wait
+        return "put"
+
+    waiting = asyncio.ensure_future(consumer.wait_first(put(7), consumer.suspend_flow.wait()))
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    assert queue.get_nowait() == 0
+    got = await asyncio.wait_for(waiting, 1)
+    assert got.results == ["put"] and not got.stopped
+    assert queue.get_nowait() == 7
+    assert consumer.slow_paths == 1
+
+
+async def test_a_waiting_hand_over_is_cancelled_when_the_flow_is_suspended() -> None:
+    consumer = Fetching()
+    queue: asyncio.Queue[int] = asyncio.Queue(maxsize=1)
+    queue.put_nowait(0)
+    cleaned: list[str] = []
+
+    async def put(value: int) -> None:
+        try:
+            await queue.put(value)
+        finally:
+            cleaned.append("finally")
+
+    waiting = asyncio.ensure_future(consumer.wait_first(put(7), consumer.suspend_flow.wait()))
+    await asyncio.sleep(0.01)
+    consumer.suspend_flow.set()  # a rebalance starts: faust stops handing over
+    got = await asyncio.wait_for(waiting, 1)
+    await asyncio.sleep(0)  # the cancelled hand-over runs its cleanup
+    assert got.results == [True]  # the flow's wait won
+    assert cleaned == ["finally"]
+    assert queue.qsize() == 1 and queue.get_nowait() == 0  # the event was not put
+
+
+async def test_a_failing_hand_over_raises_on_either_path() -> None:
+    consumer = Fetching()
+
+    async def fail_at_once() -> None:
+        raise ValueError("at once")
+
+    async def fail_later() -> None:
+        await asyncio.sleep(0.01)
+        raise ValueError("later")
+
+    for coro, message in ((fail_at_once(), "at once"), (fail_later(), "later")):
+        try:
+            await consumer.wait_first(coro, consumer.suspend_flow.wait())
+        except ValueError as exc:
+            assert str(exc) == message
+        else:
+            raise AssertionError("the hand-over's error was lost")
+    assert consumer.slow_paths == 1
