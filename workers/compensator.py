@@ -35,7 +35,7 @@ import msgspec
 from costtrace.model.state import Position
 from topics.catalogue import retry_topic
 from workers.allocator import ATTEMPT_HEADER, ORIGIN_HEADER, DeadLetter
-from workers.app import RAW, _base_config, fleet_catalogue, guard_consumer, observe
+from workers.app import RAW, _base_config, fleet_catalogue, guard_consumer, observe, without_monitor
 from workers.db import Database
 from workers.settings import Settings
 from workers.sink import persist_or_stop
@@ -130,6 +130,7 @@ def compensator_app(
     cat = fleet_catalogue(settings)
     app = faust.App(**_base_config(settings, settings.compensator_app_id), store="memory://")
     guard_consumer(app, settings.fetch_min_bytes, settings.fetch_max_wait)
+    without_monitor(app)
     db = Database(settings.postgres_dsn.get_secret_value())
     policy = RetryPolicy.of(settings)
     tiers = [retry_topic(settings.topic_prefix, t) for t in range(len(settings.retry_delays))]
