@@ -1,0 +1,147 @@
+"""The sink's batches in memory: rows first, offsets after, and only offsets of rows PostgreSQL holds."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from aiokafka import TopicPartition
+from aiokafka.errors import CommitFailedError
+
+from costtrace.model.state import MemoryStore
+from tests.model.helpers import consumed, issued
+from workers.allocator import Allocator, Message
+from workers.app import fleet_catalogue
+from workers.metrics import Metrics
+from workers.settings import Settings
+from workers.sink import Sink
+
+SETTINGS = Settings(topic_prefix="t", sink_app_id="t-sink")
+CAT = fleet_catalogue(SETTINGS)
+INPUT = f"{SETTINGS.topic_prefix}.consumed"
+RECORDS, LETTERS = TopicPartition(CAT.allocations, 0), TopicPartition(CAT.dead_letters, 1)
+
+
+@dataclass
+class Kafka:
+    """A message as aiokafka's consumer gives it."""
+
+    topic: str
+    partition: int
+    offset: int
+    value: bytes
+    headers: list[tuple[str, bytes]]
+
+
+def outputs(*raw: bytes) -> list[Kafka]:
+    """What the allocator sends for these input events, as the sink reads it back."""
+    allocator = Allocator(MemoryStore(), CAT.credits, CAT.allocations, CAT.dead_letters, clock_ms=lambda: 5)
+    out: list[Kafka] = []
+    for offset, value in enumerate(raw):
+        for o in allocator.handle(Message(INPUT, 0, offset, b"alice", value, 1_000)).outputs:
+            tp = RECORDS if o.topic == CAT.allocations else LETTERS
+            out.append(Kafka(tp.topic, tp.partition, len(out), o.value, o.headers))
+    return out
+
+
+@dataclass
+class Consumer:
+    batches: list[dict[TopicPartition, list[Kafka]]]
+    stopping: asyncio.Event
+    assigned: set[TopicPartition] = field(default_factory=lambda: {RECORDS, LETTERS})
+    refuse: bool = False
+    commits: list[dict[TopicPartition, int]] = field(default_factory=list)
+    log: list[str] = field(default_factory=list)
+
+    async def getmany(self, timeout_ms: int, max_records: int) -> dict[TopicPartition, list[Kafka]]:
+        if not self.batches:
+            self.stopping.set()
+            return {}
+        return self.batches.pop(0)
+
+    def assignment(self) -> set[TopicPartition]:
+        return self.assigned
+
+    async def commit(self, offsets: dict[TopicPartition, Any]) -> None:
+        if self.refuse:
+            raise CommitFailedError("rebalanced")
+        self.log.append("commit")
+        self.commits.append({tp: o.offset for tp, o in offsets.items()})
+
+
+@dataclass
+class Database:
+    log: list[str]
+    fail: bool = False
+    retries: int = 0
+    records: list[tuple[Any, ...]] = field(default_factory=list)
+    letters: list[tuple[Any, ...]] = field(default_factory=list)
+
+    async def write_records(self, rows: list[tuple[Any, ...]]) -> None:
+        if self.fail:
+            raise RuntimeError("a bug")
+        self.log.append(f"records {len(rows)}")
+        self.records += rows
+
+    async def write_dead_letters(self, rows: list[tuple[Any, ...]]) -> None:
+        self.log.append(f"dead_letters {len(rows)}")
+        self.letters += rows
+
+
+def sink(batches: list[dict[TopicPartition, list[Kafka]]]) -> tuple[Sink, Consumer, Database, asyncio.Event]:
+    stopping = asyncio.Event()
+    consumer = Consumer(batches, stopping)
+    db = Database(consumer.log)
+    return Sink(SETTINGS, consumer, db, Metrics()), consumer, db, stopping  # type: ignore[arg-type]
+
+
+async def test_rows_are_written_before_the_offsets_after_them_are_committed() -> None:
+    msgs = outputs(issued("b1", 5), consumed("o1", 3), consumed("o1", 3))  # the repeat order: a dead letter
+    records = [m for m in msgs if m.topic == RECORDS.topic]
+    letters = [m for m in msgs if m.topic == LETTERS.topic]
+    s, consumer, db, stopping = sink([{RECORDS: records[:1]}, {RECORDS: records[1:], LETTERS: letters}])
+    await s.run(stopping)
+    assert consumer.log == ["records 1", "commit", "records 1", "dead_letters 1", "commit"]
+    assert consumer.commits == [{RECORDS: 1}, {RECORDS: 2, LETTERS: 3}]  # each partition's last offset + 1
+    assert [r[2] for r in db.records] == ["issue", "consume"]
+    assert [(r[5], r[0], r[2]) for r in db.letters] == [("duplicate_order", INPUT, 2)]
+    assert [r[11] for r in db.records] == [1, 2]  # the account's step, from the allocator's header
+    assert s.membership.committed == {RECORDS: 2, LETTERS: 3}
+
+
+async def test_a_batch_that_fails_to_write_is_never_committed() -> None:
+    s, consumer, db, stopping = sink([{RECORDS: outputs(issued("b1", 5))}])
+    db.fail = True
+    with pytest.raises(RuntimeError):
+        await s.run(stopping)
+    assert consumer.commits == []
+
+
+async def test_offsets_of_partitions_no_longer_held_are_not_committed() -> None:
+    msgs = outputs(issued("b1", 5), consumed("o1", 3), consumed("o1", 3))
+    records = [m for m in msgs if m.topic == RECORDS.topic]
+    letters = [m for m in msgs if m.topic == LETTERS.topic]
+    s, consumer, db, stopping = sink([{RECORDS: records, LETTERS: letters}])
+    consumer.assigned = {RECORDS}  # a rebalance took the dead letters' partition meanwhile
+    await s.run(stopping)
+    assert consumer.commits == [{RECORDS: 2}]
+    assert len(db.letters) == 1  # written all the same; their new owner's copy is dropped by the key
+
+
+async def test_a_commit_a_rebalance_refuses_is_left_to_the_new_owner() -> None:
+    s, consumer, db, stopping = sink([{RECORDS: outputs(issued("b1", 5))}])
+    consumer.refuse = True
+    await s.run(stopping)  # no crash: the rows are in, and will be dropped when read again
+    assert len(db.records) == 1
+    assert s.membership.committed == {}
+
+
+async def test_an_unreadable_message_is_skipped_and_its_offset_still_committed() -> None:
+    good = outputs(issued("b1", 5))[0]
+    bad = Kafka(RECORDS.topic, 0, 1, b"{not a record", good.headers)
+    s, consumer, db, stopping = sink([{RECORDS: [good, bad]}])
+    await s.run(stopping)
+    assert len(db.records) == 1
+    assert consumer.commits == [{RECORDS: 2}]
