@@ -21,8 +21,7 @@ import os
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import msgspec
 
@@ -63,16 +62,18 @@ class DeadLetter(msgspec.Struct, omit_defaults=True):
     origin: str | None = None  # topic:partition@offset of the first attempt (retries only)
 
 
-@dataclass(frozen=True)
-class Output:
+# NamedTuples, not frozen dataclasses: a few are made per event, and a frozen
+# dataclass's __init__ sets each field through object.__setattr__
+
+
+class Output(NamedTuple):
     topic: str
     key: bytes
     value: bytes
     headers: list[tuple[str, bytes]]
 
 
-@dataclass(frozen=True)
-class Handled:
+class Handled(NamedTuple):
     """What one message gave: the model's outcome, what to send, and what metrics count."""
 
     outcome: Outcome
@@ -81,8 +82,7 @@ class Handled:
     occurred_ms: int | None  # the event's own time, when it has a valid one
 
 
-@dataclass(frozen=True)
-class Message:
+class Message(NamedTuple):
     """The parts of a Kafka message the allocator uses."""
 
     topic: str
@@ -97,9 +97,12 @@ class Message:
     @classmethod
     def of(cls, m: Any) -> Message:
         """A faust message; the compensator's headers say which attempt it is."""
-        headers = dict(m.headers or ())
+        timestamp_ms = int(m.timestamp * 1000)
+        if not m.headers:  # a producer's event: a first attempt
+            return cls(m.topic, m.partition, m.offset, m.key, m.value, timestamp_ms)
+        headers = dict(m.headers)
         return cls(
-            m.topic, m.partition, m.offset, m.key, m.value, int(m.timestamp * 1000),
+            m.topic, m.partition, m.offset, m.key, m.value, timestamp_ms,
             _attempt(headers.get(ATTEMPT_HEADER)), _text(headers.get(ORIGIN_HEADER))[0],
         )  # fmt: skip
 

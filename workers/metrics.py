@@ -41,6 +41,8 @@ class Metrics:
     def __post_init__(self) -> None:
         r = self.registry
         self._children: dict[tuple[int, tuple[str, ...]], Counter] = {}
+        # the allocator's per-event counts, added to their counters at each scrape
+        self._counted: dict[tuple[Counter, tuple[str, ...]], int] = {}
         self.info = Gauge(
             "costtrace_worker_info",
             "This worker's role and consumer group (always 1).",
@@ -168,20 +170,33 @@ class Metrics:
         )
 
     def count(self, handled: Handled, attempt: int = 1) -> None:
-        """One allocator message: its outcome, and the records or rejection it gave the first time."""
+        """One allocator message: its outcome, and the records or rejection it gave the first time.
+
+        Kept in a plain dict and added to the counters at the next scrape: a
+        counter's `inc` takes a lock, and the allocator counts several per event.
+        """
         outcome = handled.outcome
-        child = self._child
-        child(self.events, handled.event_type, outcome.status.value).inc()
-        if attempt > 1 and outcome.status is Status.APPLIED:
-            child(self.compensations, "applied").inc()  # a retry the compensator sent, applied
+        counted = self._counted
+        key: tuple[Counter, tuple[str, ...]] = (self.events, (handled.event_type, outcome.status.value))
+        counted[key] = counted.get(key, 0) + 1
         if outcome.status is Status.APPLIED:
+            if attempt > 1:  # a retry the compensator sent, applied
+                key = (self.compensations, ("applied",))
+                counted[key] = counted.get(key, 0) + 1
             for record in outcome.records:
-                child(self.records, record.kind).inc()
+                key = (self.records, (record.kind,))
+                counted[key] = counted.get(key, 0) + 1
         elif outcome.status is Status.REJECTED and outcome.rejection is not None:
-            child(self.rejections, outcome.rejection.reason).inc()
+            key = (self.rejections, (outcome.rejection.reason,))
+            counted[key] = counted.get(key, 0) + 1
+
+    def _add_counted(self) -> None:
+        counted, self._counted = self._counted, {}
+        for (metric, labels), n in counted.items():
+            self._child(metric, *labels).inc(n)
 
     def _child(self, metric: Counter, *labels: str) -> Counter:
-        """`metric.labels(*labels)`, looked up once: the allocator counts several per event."""
+        """`metric.labels(*labels)`, looked up once."""
         key = (id(metric), labels)
         found = self._children.get(key)
         if found is None:
@@ -195,6 +210,7 @@ class Metrics:
             self.lag.labels(group, topic, str(partition)).set(lag)
 
     def scrape(self) -> bytes:
+        self._add_counted()
         return generate_latest(self.registry)
 
 

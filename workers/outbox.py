@@ -44,7 +44,8 @@ class Outbox:
         self._on_changelog = on_changelog
         self._partitions: dict[str, int] = {}
         self._keyed: dict[str, dict[bytes, int]] = {}  # per topic: key -> partition
-        self._open: dict[TopicPartition, tuple[Any, list[int]]] = {}  # builder, [record count]
+        # topic -> partition -> (builder, [record count]); nested, so no key is made per record
+        self._open: dict[str, dict[int, tuple[Any, list[int]]]] = {}
         self._full: list[tuple[TopicPartition, Any, int]] = []
         self._added = 0  # records added so far
         self._handed = 0  # of those, records Kafka has
@@ -79,15 +80,17 @@ class Outbox:
                 if len(known) >= _KNOWN_KEYS:
                     known.clear()
                 partition = known[key] = partition_for(key, self._partitions[topic])
-        tp = TopicPartition(topic, partition)
-        entry = self._open.get(tp)
+        open_ = self._open.get(topic)
+        if open_ is None:
+            open_ = self._open[topic] = {}
+        entry = open_.get(partition)
         if entry is None:
-            entry = self._open[tp] = (self._producer.create_batch(), [0])
+            entry = open_[partition] = (self._producer.create_batch(), [0])
         builder, count = entry
         if builder.append(timestamp=None, key=key, value=value, headers=headers) is None:
             # full (and closed): it goes first, a new one takes this record
-            self._full.append((tp, builder, count[0]))
-            entry = self._open[tp] = (self._producer.create_batch(), [0])
+            self._full.append((TopicPartition(topic, partition), builder, count[0]))
+            entry = open_[partition] = (self._producer.create_batch(), [0])
             builder, count = entry
             if builder.append(timestamp=None, key=key, value=value, headers=headers) is None:
                 raise ValueError(f"a record of {len(value):,} bytes does not fit in a batch for {topic}")
@@ -120,7 +123,9 @@ class Outbox:
 
     async def _send_batches(self) -> None:
         upto = self._added
-        batches = [*self._full, *((tp, b, c[0]) for tp, (b, c) in self._open.items())]
+        batches = list(self._full)
+        for topic, open_ in self._open.items():
+            batches += [(TopicPartition(topic, p), b, c[0]) for p, (b, c) in open_.items()]
         self._full, self._open = [], {}
         states = [b for b in batches if b[0].topic == self._changelog]
         outputs = [b for b in batches if b[0].topic != self._changelog]

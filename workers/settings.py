@@ -26,7 +26,7 @@ class Settings(BaseSettings):
     # faust tuning; see docs/fleet.md
     commit_interval: float = 2.8
     # the allocator's outbox hands its batches over this often (workers/outbox.py)
-    producer_linger: float = 0.01
+    producer_linger: float = 0.025
     producer_batch_bytes: int = 262_144
     standby_replicas: int = 1
     session_timeout: float = 15.0
