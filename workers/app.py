@@ -35,7 +35,7 @@ from redis.exceptions import RedisError
 from topics.catalogue import Catalogue, catalogue
 from workers.allocator import Allocator, Message, StopOnSendError
 from workers.metrics import Health, Metrics, lag_of, serve
-from workers.outbox import Outbox
+from workers.outbox import Outbox, fits_one_batch
 from workers.settings import Settings
 from workers.state import AccountsHeld, PartitionTable, TableStore, without_write_ahead_log
 from workers.switch import SWITCH_KEY, SwitchHolder
@@ -395,7 +395,9 @@ def allocator_app(settings: Settings) -> faust.App:
     rocks: Any = table.data  # faust's RocksDB store: one DB per partition
     without_write_ahead_log(rocks)
     local = PartitionTable(rocks._db_for_partition)
-    store = TableStore(local)
+    batch_bytes = settings.producer_batch_bytes
+    # an event's writes that fit one record batch go to the changelog in one (Outbox.add_together)
+    store = TableStore(local, together=lambda size, records: fits_one_batch(size, records, batch_bytes))
     stop = StopOnSendError()
     persisted: dict[int, int] = {}  # partition -> last changelog offset delivered
     kept: dict[int, int] = {}  # partition -> last offset written as faust's persisted offset
@@ -444,7 +446,7 @@ def allocator_app(settings: Settings) -> faust.App:
     async def open_outbox() -> Outbox:
         """Once the producer runs: its batches, and faust's commits wait for them."""
         producer: Any = app.producer
-        box = Outbox(producer._ensure_producer(), changelog, stop, on_changelog)
+        box = Outbox(producer._ensure_producer(), changelog, stop, on_changelog, batch_bytes)
         await box.learn([cat.allocations, cat.credits, cat.dead_letters])
         flush = producer.flush
 
@@ -519,8 +521,8 @@ def allocator_app(settings: Settings) -> faust.App:
                 if store.created != created:
                     held.created(m.partition)
                 if local.pending:
-                    for key, value in local.pending:
-                        outbox.add(changelog, key, value, [], m.partition)
+                    for group in local.pending:  # each one event's writes (or an account's repair)
+                        outbox.add_together(changelog, group, m.partition)
                     local.pending = []
                 for out in handled.outputs:
                     outbox.add(out.topic, out.key, out.value, out.headers)

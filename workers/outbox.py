@@ -22,6 +22,16 @@ from aiokafka import TopicPartition
 from aiokafka.partitioner import murmur2
 
 _KNOWN_KEYS = 100_000  # keys whose partition an outbox remembers, per topic
+# most bytes a record without headers adds to a batch beyond its key and value
+# (attributes, and the varints of its length, offset and time deltas, key and
+# value lengths, header count)
+_RECORD_OVERHEAD = 32
+_BATCH_HEADER = 61  # a record batch's own header (magic v2)
+
+
+def fits_one_batch(size: int, records: int, batch_bytes: int) -> bool:
+    """Whether `records` with `size` bytes of keys and values in all always fit one `batch_bytes` batch."""
+    return size + _RECORD_OVERHEAD * records + _BATCH_HEADER <= batch_bytes
 
 
 def partition_for(key: bytes, partitions: int) -> int:
@@ -36,9 +46,12 @@ class Outbox:
         changelog: str,
         on_failure: Callable[[BaseException], None],
         on_changelog: Callable[[int, int], None] = lambda partition, offset: None,
+        batch_bytes: int = 16384,
     ) -> None:
-        """`producer`: a started `AIOKafkaProducer`; `on_changelog(partition, last offset)` per batch."""
+        """`producer`: a started `AIOKafkaProducer` whose batches hold `batch_bytes` (its `max_batch_size`);
+        `on_changelog(partition, last offset)` per batch."""
         self._producer = producer
+        self._batch_bytes = batch_bytes
         self._changelog = changelog
         self._on_failure = on_failure
         self._on_changelog = on_changelog
@@ -96,6 +109,25 @@ class Outbox:
                 raise ValueError(f"a record of {len(value):,} bytes does not fit in a batch for {topic}")
         count[0] += 1
         self._added += 1
+
+    def add_together(self, topic: str, records: list[tuple[bytes, bytes]], partition: int) -> None:
+        """Queue records (key, value; no headers) that must reach Kafka together: in one record batch.
+
+        The broker appends a record batch whole or not at all, so no crash
+        leaves some of them in the topic without the others. They go into the
+        partition's open batch if they fit, else into a new one. A group
+        longer than a batch (see `fits_one_batch`) is split like any records.
+        """
+        need = sum(len(k) + len(v) for k, v in records) + _RECORD_OVERHEAD * len(records)
+        open_ = self._open.get(topic)
+        entry = open_.get(partition) if open_ is not None else None
+        if entry is not None and entry[1][0] and entry[0].size() + need > self._batch_bytes:
+            assert open_ is not None
+            builder, count = open_.pop(partition)
+            builder.close()
+            self._full.append((TopicPartition(topic, partition), builder, count[0]))
+        for key, value in records:
+            self.add(topic, key, value, [], partition)
 
     async def hand_over(self) -> None:
         """Hand everything added so far to Kafka and wait until Kafka has it."""

@@ -5,13 +5,22 @@ One table holds every entry of every account on the partition, under
 whatever characters their ids hold); values are compact msgpack.
 
 Atomic events on a non-transactional changelog: an event's writes are several
-table puts, and after a crash the changelog (or the local RocksDB) may end
-between two of them. So the account's header is written *first* and carries
-the event's other writes (its redo log); the entries follow. Any prefix of
-the writes is then either "event not applied" (header not there) or "header
-there, entries maybe not". The first time a process loads an account it
-writes the header's redo log again, which completes a cut-off event; after
-that, writes from this process are in order, so once is enough.
+table puts, and after a crash the changelog must never hold some of them
+without the others. Two ways, chosen per event:
+- Together. An event's writes are one group (`Table.put_all`), and the
+  allocator's outbox puts a group into a single Kafka record batch, which
+  the broker appends whole or not at all (`Outbox.add_together`). For a
+  group short enough to always fit one batch (`TableStore.together`) the
+  header is written alone.
+- With a redo log. A longer group (or any, where nothing is promised) may be
+  split across batches, so the account's header is written *first* and
+  carries the event's other writes (its redo log); the entries follow. Any
+  prefix of the writes is then either "event not applied" (header not there)
+  or "header there, entries maybe not". The first time a process loads an
+  account it writes the header's redo log again, which completes a cut-off
+  event; after that, writes from this process are in order, so once is
+  enough.
+Locally, a group is one RocksDB write batch either way.
 """
 
 from __future__ import annotations
@@ -42,7 +51,7 @@ class Table(Protocol):
     def get(self, key: bytes, default: Any = None) -> Any: ...
 
     def put_all(self, writes: list[tuple[bytes, bytes]]) -> None:
-        """Write these, in this order (one RocksDB write batch, then their changelog records)."""
+        """Write these in order, as one group: one RocksDB write batch, then their changelog records."""
         ...
 
 
@@ -51,13 +60,13 @@ class PartitionTable:
 
     Reads and writes go straight to the partition's RocksDB (faust's `Store`
     adds a key index we do not need); `use(partition)` picks it per event, and
-    the allocator sends `pending` to the changelog after each event.
+    the allocator sends the `pending` groups to the changelog after each event.
     """
 
     def __init__(self, db_for_partition: Callable[[int], Any]) -> None:
         self._db_for_partition = db_for_partition
         self.db: Any = None
-        self.pending: list[tuple[bytes, bytes]] = []
+        self.pending: list[list[tuple[bytes, bytes]]] = []
 
     def use(self, partition: int) -> None:
         self.db = self._db_for_partition(partition)
@@ -71,7 +80,7 @@ class PartitionTable:
         for key, value in writes:
             batch.put(key, value)
         self.db.write(batch)
-        self.pending += writes
+        self.pending.append(writes)
 
 
 def without_write_ahead_log(rocks: Any) -> None:
@@ -145,10 +154,16 @@ class TableEntries(Generic[V]):
 
 
 class TableStore:
-    """`costtrace.model.state.Store` on a faust table; used inside a stream, one event at a time."""
+    """`costtrace.model.state.Store` on a faust table; used inside a stream, one event at a time.
 
-    def __init__(self, table: Table) -> None:
+    `together(size, records)`: whether the table's changelog takes a group
+    of `records` writes of `size` key and value bytes whole (the module's
+    docstring); by default none, and every header carries its redo log.
+    """
+
+    def __init__(self, table: Table, together: Callable[[int, int], bool] | None = None) -> None:
         self.table = table
+        self.together = together or (lambda size, records: False)
         self._repaired: set[str] = set()
         self.created = 0  # accounts whose first header this store wrote (for the accounts-held metric)
         self._new: str | None = None
@@ -185,7 +200,11 @@ class TableStore:
         if self._new == account_id:
             self.created += 1
             self._new = None
-        header = (_HEADER_NS + _account_prefix(account_id), encode_value(Header(state.head, writes)))
+        key = _HEADER_NS + _account_prefix(account_id)
+        alone = encode_value(Header(state.head))
+        size = len(key) + len(alone) + sum(len(k) + len(v) for k, v in writes)
+        together = self.together(size, len(writes) + 1)
+        header = (key, alone if together else encode_value(Header(state.head, writes)))
         self.table.put_all([header, *writes])
 
 

@@ -192,3 +192,42 @@ async def test_a_hand_over_right_after_another_finished_does_not_spin() -> None:
         signal.signal(signal.SIGALRM, previous)
     await asyncio.gather(first, deliverer)
     assert [v for _, _, vs in broker.sent for v in vs] == [b"first", b"second"] and box.waiting == 0
+
+
+@pytest.mark.parametrize("batch_size", [300, 1_000, 16_384])
+async def test_an_events_writes_go_into_one_batch_whenever_they_fit_one(batch_size: int) -> None:
+    broker = Broker(batch_size=batch_size)
+    box = Outbox(broker, "state", lambda exc: None, batch_bytes=batch_size)
+    groups: list[list[tuple[bytes, bytes]]] = []
+    for i in range(60):
+        group = [(b"k%d-%d" % (i, j), b"g%02d-%d" % (i, j) + b"x" * (7 * i % 50)) for j in range(1 + i % 5)]
+        size = sum(len(k) + len(v) for k, v in group)
+        if outbox.fits_one_batch(size, len(group), batch_size):
+            groups.append(group)
+        box.add_together("state", group, 0)
+    handing = asyncio.ensure_future(box.hand_over())
+    while not handing.done():
+        await asyncio.sleep(0)
+        broker.deliver()
+    await handing
+    batches = [values for topic, _, values in broker.sent]
+    assert sum(len(b) for b in batches) == sum(1 + i % 5 for i in range(60))
+    assert len(batches) > 1 or batch_size == 16_384
+    for group in groups:
+        values = [v for _, v in group]
+        holding = [b for b in batches if values[0] in b]
+        assert len(holding) == 1 and all(v in holding[0] for v in values), "a group that fits was split"
+
+
+async def test_a_group_longer_than_a_batch_is_split_like_any_records() -> None:
+    broker = Broker(batch_size=200)
+    box = Outbox(broker, "state", lambda exc: None, batch_bytes=200)
+    group = [(b"k%d" % j, b"x" * 60) for j in range(6)]
+    assert not outbox.fits_one_batch(sum(len(k) + len(v) for k, v in group), len(group), 200)
+    box.add_together("state", group, 0)
+    handing = asyncio.ensure_future(box.hand_over())
+    while not handing.done():
+        await asyncio.sleep(0)
+        broker.deliver()
+    await handing
+    assert sum(len(values) for _, _, values in broker.sent) == 6 and len(broker.sent) > 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +23,29 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 class LoggedTable(dict[bytes, bytes]):
-    """A table that remembers every write in order: its changelog."""
+    """A table that remembers every write in order: its changelog, and where a crash may cut it.
 
-    def __init__(self, initial: dict[bytes, bytes] | None = None) -> None:
+    A group of writes that `together` covers reaches the changelog whole (as
+    the outbox's one record batch); any other may be cut anywhere.
+    """
+
+    def __init__(
+        self, initial: dict[bytes, bytes] | None = None, together: Callable[[int, int], bool] | None = None
+    ) -> None:
         super().__init__(initial or {})
         self.changelog: list[tuple[bytes, bytes]] = []
+        self.together = together or (lambda size, records: False)
+        self.cuts: list[int] = [0]  # changelog lengths a crash may leave
 
     def put_all(self, writes: list[tuple[bytes, bytes]]) -> None:
+        whole = self.together(sum(len(k) + len(v) for k, v in writes), len(writes))
         for key, value in writes:
             self[key] = value
             self.changelog.append((key, value))
+            if not whole:
+                self.cuts.append(len(self.changelog))
+        if whole:
+            self.cuts.append(len(self.changelog))
 
 
 def single_account_events(log: list[dict[str, Any]]) -> list[bytes]:
@@ -66,9 +80,14 @@ def test_any_allowed_crash_then_redelivery_gives_replays_records(
     mem = MemoryStore()
     expected = [rec for line in lines for rec in records_of(apply_event(mem, line))]
 
+    # which groups of writes the changelog takes whole: none (every header carries its
+    # redo log), all, or those up to a length (longer ones are cut anywhere)
+    limit = data.draw(st.sampled_from([None, 0, 120, 300, 10**9]))
+    together = None if limit is None else (lambda size, records: size <= limit)
+
     # first run: apply `applied` events; the group committed offset `committed`
-    table = LoggedTable()
-    store = TableStore(table)
+    table = LoggedTable(together=together)
+    store = TableStore(table, together)
     applied = data.draw(st.integers(0, len(lines)))
     committed = data.draw(st.integers(0, applied))
     ends: list[int] = []  # changelog length after each event
@@ -82,7 +101,7 @@ def test_any_allowed_crash_then_redelivery_gives_replays_records(
     # the crash: the changelog keeps at least the committed events' writes, maybe more;
     # outputs of committed events were delivered, later ones maybe, never before their state
     floor = ends[committed - 1] if committed else 0
-    cut = data.draw(st.integers(floor, len(table.changelog)))
+    cut = data.draw(st.sampled_from([c for c in table.cuts if c >= floor]))
     delivered: dict[str, bytes] = {}
     rejections: list[bytes] = []
 
@@ -99,8 +118,8 @@ def test_any_allowed_crash_then_redelivery_gives_replays_records(
             deliver(outputs[i])
 
     # restart on the changelog prefix (a fresh node, or a wiped folder), re-read from the commit
-    restored = LoggedTable(dict(table.changelog[:cut]))
-    store2 = TableStore(restored)
+    restored = LoggedTable(dict(table.changelog[:cut]), together)
+    store2 = TableStore(restored, together)
     settled = committed
     for i in range(committed, len(lines)):
         settled = data.draw(st.integers(settled, i))
