@@ -206,8 +206,8 @@ def fast_hand_over(consumer: Any) -> None:
     faust's fetch loop hands every message over with `wait_first(callback(message),
     suspend_flow.wait())` (`Consumer._drain_messages`), and mode's `wait_first`
     makes a task of each, adds two for the service's stopped and crashed
-    events, and runs an `asyncio.wait`: a tenth of the allocator's time,
-    although the callback almost always finishes at once (it puts the event
+    events, and runs an `asyncio.wait`: about a third of the allocator's CPU
+    per event, although the callback almost always finishes at once (it puts the event
     on its stream's queue). Here the first coroutine is run up to its first
     suspension; if it finishes there, that is the result `wait_first` would
     give; if it waits (a full stream queue, flow control), the rest of it

@@ -269,15 +269,15 @@ async def run_sink(settings: Settings) -> None:
     consumer.subscribe([cat.allocations, cat.dead_letters], listener=sink.membership)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
-    main = asyncio.current_task()
-    assert main is not None
+    task = asyncio.current_task()
+    assert task is not None
 
     def stop() -> None:
         if not stopping.is_set():
             log.info("stopping: the batch in progress is finished first")
             stopping.set()
             # PostgreSQL may be down and the batch never finish: nothing is committed then
-            loop.call_later(STOP_GRACE_SECONDS, main.cancel)
+            loop.call_later(STOP_GRACE_SECONDS, task.cancel)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
