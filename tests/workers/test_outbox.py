@@ -194,6 +194,15 @@ async def test_a_hand_over_right_after_another_finished_does_not_spin() -> None:
     assert [v for _, _, vs in broker.sent for v in vs] == [b"first", b"second"] and box.waiting == 0
 
 
+async def hand_over_delivering(box: Outbox, broker: Broker) -> None:
+    """Hand everything over, with Kafka taking each batch as it comes."""
+    handing = asyncio.ensure_future(box.hand_over())
+    while not handing.done():
+        await asyncio.sleep(0)
+        broker.deliver()
+    await handing
+
+
 @pytest.mark.parametrize("batch_size", [300, 1_000, 16_384])
 async def test_an_events_writes_go_into_one_batch_whenever_they_fit_one(batch_size: int) -> None:
     broker = Broker(batch_size=batch_size)
@@ -205,11 +214,7 @@ async def test_an_events_writes_go_into_one_batch_whenever_they_fit_one(batch_si
         if outbox.fits_one_batch(size, len(group), batch_size):
             groups.append(group)
         box.add_together("state", group, 0)
-    handing = asyncio.ensure_future(box.hand_over())
-    while not handing.done():
-        await asyncio.sleep(0)
-        broker.deliver()
-    await handing
+    await hand_over_delivering(box, broker)
     batches = [values for topic, _, values in broker.sent]
     assert sum(len(b) for b in batches) == sum(1 + i % 5 for i in range(60))
     assert len(batches) > 1 or batch_size == 16_384
@@ -225,9 +230,5 @@ async def test_a_group_longer_than_a_batch_is_split_like_any_records() -> None:
     group = [(b"k%d" % j, b"x" * 60) for j in range(6)]
     assert not outbox.fits_one_batch(sum(len(k) + len(v) for k, v in group), len(group), 200)
     box.add_together("state", group, 0)
-    handing = asyncio.ensure_future(box.hand_over())
-    while not handing.done():
-        await asyncio.sleep(0)
-        broker.deliver()
-    await handing
+    await hand_over_delivering(box, broker)
     assert sum(len(values) for _, _, values in broker.sent) == 6 and len(broker.sent) > 1
