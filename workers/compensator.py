@@ -23,8 +23,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -38,12 +39,21 @@ from workers.allocator import ATTEMPT_HEADER, ORIGIN_HEADER, DeadLetter
 from workers.app import RAW, _base_config, fleet_catalogue, guard_consumer, observe, without_monitor
 from workers.db import Database
 from workers.settings import Settings
-from workers.sink import persist_or_stop
 
 log = logging.getLogger(__name__)
 
 DUE_HEADER: Final = "costtrace-due-ms"
 _letter = msgspec.json.Decoder(DeadLetter)
+
+
+async def persist_or_stop(write: Awaitable[None]) -> None:
+    """faust acks an event whose handler failed, so a failed step stops the process first."""
+    try:
+        await write
+    except BaseException:  # cancelled or broken mid-way: never let faust ack it
+        log.critical("write not persisted; stopping before faust acks its event", exc_info=True)
+        logging.shutdown()
+        os._exit(75)
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,6 @@ class Metrics:
 
     def __post_init__(self) -> None:
         r = self.registry
-        self._children: dict[tuple[int, tuple[str, ...]], Counter] = {}
         # the allocator's per-event counts, added to their counters at each scrape
         self._counted: dict[tuple[Counter, tuple[str, ...]], int] = {}
         self.info = Gauge(
@@ -193,15 +192,7 @@ class Metrics:
     def _add_counted(self) -> None:
         counted, self._counted = self._counted, {}
         for (metric, labels), n in counted.items():
-            self._child(metric, *labels).inc(n)
-
-    def _child(self, metric: Counter, *labels: str) -> Counter:
-        """`metric.labels(*labels)`, looked up once."""
-        key = (id(metric), labels)
-        found = self._children.get(key)
-        if found is None:
-            found = self._children[key] = metric.labels(*labels)
-        return found
+            metric.labels(*labels).inc(n)
 
     def set_lag(self, group: str, lags: Iterable[tuple[str, int, int]]) -> None:
         """Replace the lag gauges: partitions this worker no longer holds must not linger."""

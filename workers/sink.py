@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -85,16 +84,6 @@ def dead_letter_row(value: bytes, headers: Headers = ()) -> tuple[Any, ...]:
         _at(d.dead_lettered_at_ms),
         d.origin,
     )
-
-
-async def persist_or_stop(write: Awaitable[None]) -> None:
-    """For faust agents (the compensator): faust acks an event whose handler failed, so stop first."""
-    try:
-        await write
-    except BaseException:  # cancelled or broken mid-way: never let faust ack it
-        log.critical("write not persisted; stopping before faust acks its event", exc_info=True)
-        logging.shutdown()
-        os._exit(75)
 
 
 def rows(
