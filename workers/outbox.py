@@ -6,7 +6,8 @@ which was a quarter of the allocator's time). `hand_over()` sends every
 batch added so far: first the changelog's, and waits until Kafka has them,
 then the outputs'. So Kafka never holds an output before the state that
 explains it, and a batch of a partition always goes after the ones before it
-(one hand-over at a time). It runs every `linger` seconds, when too much is
+(one hand-over at a time, and a partition's batches one after another: no
+batch goes once one before it has failed). It runs every `linger` seconds, when too much is
 waiting, and before faust commits offsets (the allocator wraps the
 producer's flush), so an offset is committed only after what its events
 produced is in Kafka.
@@ -162,12 +163,44 @@ class Outbox:
         states = [b for b in batches if b[0].topic == self._changelog]
         outputs = [b for b in batches if b[0].topic != self._changelog]
         for group in (states, outputs):
-            futures = []
-            for tp, builder, _ in group:
-                builder.close()
-                futures.append(await self._producer.send_batch(builder, tp.topic, partition=tp.partition))
-            delivered = await asyncio.gather(*futures)
+            delivered = await self._send_in_order(group)
             if group is states:
                 for (tp, _, count), meta in zip(group, delivered, strict=True):
                     self._on_changelog(tp.partition, meta.offset + count - 1)
         self._handed = upto
+
+    async def _send_in_order(self, group: list[tuple[TopicPartition, Any, int]]) -> list[Any]:
+        """Send the batches and return their metadata, in `group`'s order.
+
+        A partition's next batch is given to the producer only once Kafka has
+        the one before it. Given both at once, a batch the broker refuses for
+        good (too large, say) is dropped while aiokafka sends the next one
+        anyway: the partition would hold a hole, later writes without earlier
+        ones. aiokafka sends one batch per partition at a time in any case, so
+        waiting costs a step of the loop, not a round trip.
+        """
+        chains: dict[TopicPartition, list[int]] = {}
+        for i, (tp, _, _) in enumerate(group):
+            chains.setdefault(tp, []).append(i)
+        delivered: list[Any] = [None] * len(group)
+
+        async def in_turn(indices: list[int]) -> None:
+            for i in indices:
+                delivered[i] = await (await self._send(group[i]))
+
+        alone: list[tuple[int, asyncio.Future[Any]]] = []  # nearly every partition: no task
+        chained = []
+        for indices in chains.values():
+            if len(indices) == 1:
+                alone.append((indices[0], await self._send(group[indices[0]])))
+            else:
+                chained.append(in_turn(indices))
+        await asyncio.gather(*(future for _, future in alone), *chained)
+        for i, future in alone:
+            delivered[i] = future.result()
+        return delivered
+
+    async def _send(self, batch: tuple[TopicPartition, Any, int]) -> Any:
+        tp, builder, _ = batch
+        builder.close()
+        return await self._producer.send_batch(builder, tp.topic, partition=tp.partition)

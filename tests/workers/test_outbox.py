@@ -88,10 +88,7 @@ async def test_a_full_batch_goes_before_the_next_of_its_partition() -> None:
     values = [b"v%03d" % i + b"x" * 40 for i in range(20)]
     for v in values:
         box.add("state", b"k", v, [], 0)
-    handing = asyncio.ensure_future(box.hand_over())
-    await until(lambda: broker.pending)
-    broker.deliver()
-    await handing
+    await hand_over_delivering(box, broker)
     assert len(broker.sent) > 1  # several batches
     assert [v for _, _, vs in broker.sent for v in vs] == values
 
@@ -127,6 +124,48 @@ async def test_a_failed_batch_is_reported_and_every_later_hand_over_fails() -> N
     box.add("state", b"k", b"w", [], 0)
     with pytest.raises(RuntimeError, match="broker gone"):
         await box.hand_over()
+
+
+async def test_no_batch_of_a_partition_goes_after_one_before_it_failed() -> None:
+    """Else the topic could hold later writes without earlier ones (a hole)."""
+    broker = Broker(batch_size=200)
+    failures: list[BaseException] = []
+    box = Outbox(broker, "state", failures.append, batch_bytes=200)
+    for i in range(8):
+        box.add("state", b"k", b"p0-%d" % i + b"x" * 40, [], 0)  # several batches on partition 0
+    box.add("state", b"k", b"p1", [], 1)
+    handing = asyncio.ensure_future(box.hand_over())
+    await until(lambda: broker.pending)
+    await asyncio.sleep(0.01)
+    assert sorted(partition for _, partition, _ in broker.sent) == [0, 1]
+    (first,) = [entry for entry in broker.pending if entry[1].partition == 0]
+    broker.pending.remove(first)
+    first[0].set_exception(RuntimeError("too large"))  # partition 0's first batch refused for good
+    broker.deliver()  # partition 1's is taken
+    with pytest.raises(RuntimeError, match="too large"):
+        await handing
+    await asyncio.sleep(0.01)
+    assert sorted(partition for _, partition, _ in broker.sent) == [0, 1]  # nothing more of partition 0
+    assert [str(e) for e in failures] == ["too large"]
+
+
+async def test_a_partitions_batches_go_one_after_another_in_order() -> None:
+    broker = Broker(batch_size=200)
+    box = Outbox(broker, "state", lambda exc: None, batch_bytes=200)
+    await box.learn(["records"])
+    values = [b"v%03d" % i + b"x" * 40 for i in range(12)]
+    for v in values:
+        box.add("state", b"k", v, [], 3)
+    box.add("state", b"k", b"other", [], 2)
+    handing = asyncio.ensure_future(box.hand_over())
+    in_flight = []
+    while not handing.done():
+        await asyncio.sleep(0)
+        in_flight.append(sum(1 for _, tp, _ in broker.pending if tp.partition == 3))
+        broker.deliver()
+    await handing
+    assert max(in_flight) == 1
+    assert [v for _, p, vs in broker.sent if p == 3 for v in vs] == values
 
 
 def test_keys_go_where_kafkas_default_partitioner_puts_them() -> None:
