@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from schemas.events import Consumed, Invalid, Opened, parse_event
-from schemas.timestamps import TimestampError, parse_instant
+from schemas.timestamps import TimestampError, parse_instant, parse_rfc3339
 
 GOOD = (
     b'{"event_id":"e1","type":"consumed","account_id":"a","occurred_at":"2026-03-01T10:00:00Z",'
@@ -97,3 +99,44 @@ def test_instants(text: str, expected: int) -> None:
 def test_bad_timestamps(text: str) -> None:
     with pytest.raises(TimestampError):
         parse_instant(text)
+
+
+# (valid, just out of range) per field; the zone's hours and minutes are the last two
+_FIELDS: list[tuple[st.SearchStrategy[str], st.SearchStrategy[str]]] = [
+    (st.integers(1, 9999).map("{:04d}".format), st.just("0000")),
+    (st.integers(1, 12).map("{:02d}".format), st.sampled_from(["00", "13", "19"])),
+    (st.integers(1, 28).map("{:02d}".format), st.sampled_from(["00", "29", "30", "31", "32", "39"])),
+    (st.just("T"), st.sampled_from(["t", " ", "_"])),
+    (st.integers(0, 23).map("{:02d}".format), st.integers(24, 29).map(str)),
+    (st.integers(0, 59).map("{:02d}".format), st.integers(60, 69).map(str)),
+    (st.integers(0, 59).map("{:02d}".format), st.integers(60, 69).map(str)),
+    (
+        st.text("0123456789", max_size=6).map(lambda f: f and "." + f),
+        st.sampled_from([".", ".1234567", ".0000000000"]),
+    ),
+    (st.sampled_from(["Z", "+", "-"]), st.sampled_from(["z", "", "+", "-"])),
+    (st.integers(0, 23).map("{:02d}".format), st.integers(24, 29).map(str)),
+    (st.integers(0, 59).map("{:02d}".format), st.integers(60, 79).map(str)),
+]
+
+
+@st.composite
+def _near_timestamps(draw: st.DrawFn) -> str:
+    """An RFC 3339 date-time, or one with a single field just out of range."""
+    off = draw(st.integers(-1, len(_FIELDS) - 1))
+    f = [draw(bad if i == off else good) for i, (good, bad) in enumerate(_FIELDS)]
+    zone = f[8] if f[8] in ("Z", "z", "") else f"{f[8]}{f[9]}:{f[10]}"
+    return f"{f[0]}-{f[1]}-{f[2]}{f[3]}{f[4]}:{f[5]}:{f[6]}{f[7]}{zone}"
+
+
+def _outcome(parse: object, text: str) -> int | str:
+    try:
+        return parse(text)  # type: ignore[operator,no-any-return]
+    except TimestampError:
+        return "refused"
+
+
+@settings(max_examples=500)
+@given(_near_timestamps())
+def test_the_fast_path_agrees_with_the_full_parser(text: str) -> None:
+    assert _outcome(parse_instant, text) == _outcome(parse_rfc3339, text)
