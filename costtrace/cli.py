@@ -68,8 +68,8 @@ def replay(events: str, output: str, progress: bool | None) -> None:
             )
             on_line = bar.update
         started = time.perf_counter()
-        state = MemoryStore()  # held to the end: see _exit_without_freeing
-        summary = run_replay(lines, dst, state, on_line=on_line)
+        store = MemoryStore()  # held to the end: see _exit_without_freeing
+        summary = run_replay(lines, dst, store, on_line=on_line)
         dst.flush()
         elapsed = time.perf_counter() - started
     for line in summary.lines():

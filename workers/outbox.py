@@ -6,11 +6,11 @@ which was a quarter of the allocator's time). `hand_over()` sends every
 batch added so far: first the changelog's, and waits until Kafka has them,
 then the outputs'. So Kafka never holds an output before the state that
 explains it, and a batch of a partition always goes after the ones before it
-(one hand-over at a time, and a partition's batches one after another: no
-batch goes once one before it has failed). It runs every `linger` seconds, when too much is
-waiting, and before faust commits offsets (the allocator wraps the
-producer's flush), so an offset is committed only after what its events
-produced is in Kafka.
+(one hand-over at a time, and within it a partition's batches one after
+another, so none goes once one before it has failed). It runs every `linger`
+seconds, when too much is waiting, and before faust commits offsets (the
+allocator wraps the producer's flush), so an offset is committed only after
+what its events produced is in Kafka.
 """
 
 from __future__ import annotations
@@ -176,8 +176,9 @@ class Outbox:
         the one before it. Given both at once, a batch the broker refuses for
         good (too large, say) is dropped while aiokafka sends the next one
         anyway: the partition would hold a hole, later writes without earlier
-        ones. aiokafka sends one batch per partition at a time in any case, so
-        waiting costs a step of the loop, not a round trip.
+        ones (seen on Kafka 4: tests/integration/test_outbox.py). aiokafka
+        has one batch per partition in flight at a time in any case, so the
+        wait costs nothing measurable (docs/fleet.md, "Effectively once" 3).
         """
         chains: dict[TopicPartition, list[int]] = {}
         for i, (tp, _, _) in enumerate(group):

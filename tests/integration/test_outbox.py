@@ -42,6 +42,6 @@ async def test_no_later_batch_lands_after_one_the_broker_refused(stack: None) ->
     await consumer.start()
     try:
         tp = TopicPartition(topic, 0)
-        assert (await consumer.end_offsets([tp]))[tp] == 0  # the small batch was never sent
+        assert (await consumer.end_offsets([tp]))[tp] == 0  # the batch behind the refused one was never sent
     finally:
         await consumer.stop()
