@@ -10,6 +10,7 @@ here; a test scrapes a running worker and checks that each one is served.
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -41,7 +42,7 @@ class Metrics:
     def __post_init__(self) -> None:
         r = self.registry
         # the allocator's per-event counts, added to their counters at each scrape
-        self._counted: dict[tuple[Counter, tuple[str, ...]], int] = {}
+        self._counted: defaultdict[tuple[Counter, tuple[str, ...]], int] = defaultdict(int)
         self.info = Gauge(
             "costtrace_worker_info",
             "This worker's role and consumer group (always 1).",
@@ -176,21 +177,17 @@ class Metrics:
         """
         outcome = handled.outcome
         counted = self._counted
-        key: tuple[Counter, tuple[str, ...]] = (self.events, (handled.event_type, outcome.status.value))
-        counted[key] = counted.get(key, 0) + 1
+        counted[self.events, (handled.event_type, outcome.status.value)] += 1
         if outcome.status is Status.APPLIED:
             if attempt > 1:  # a retry the compensator sent, applied
-                key = (self.compensations, ("applied",))
-                counted[key] = counted.get(key, 0) + 1
+                counted[self.compensations, ("applied",)] += 1
             for record in outcome.records:
-                key = (self.records, (record.kind,))
-                counted[key] = counted.get(key, 0) + 1
+                counted[self.records, (record.kind,)] += 1
         elif outcome.status is Status.REJECTED and outcome.rejection is not None:
-            key = (self.rejections, (outcome.rejection.reason,))
-            counted[key] = counted.get(key, 0) + 1
+            counted[self.rejections, (outcome.rejection.reason,)] += 1
 
     def _add_counted(self) -> None:
-        counted, self._counted = self._counted, {}
+        counted, self._counted = self._counted, defaultdict(int)
         for (metric, labels), n in counted.items():
             metric.labels(*labels).inc(n)
 
