@@ -238,7 +238,6 @@ async def _every(seconds: float, action: Callable[[], Awaitable[None]]) -> None:
 
 async def run_sink(settings: Settings) -> None:
     """The sink process: serves its metrics and health, runs until SIGTERM or SIGINT."""
-    cat = fleet_catalogue(settings)
     metrics = Metrics()
     metrics.info.labels("sink", settings.sink_app_id).set(1)
     consumer = AIOKafkaConsumer(
@@ -255,7 +254,7 @@ async def run_sink(settings: Settings) -> None:
     )
     db = Database(settings.postgres_dsn.get_secret_value())
     sink = Sink(settings, consumer, db, metrics)
-    consumer.subscribe([cat.allocations, cat.dead_letters], listener=sink.membership)
+    consumer.subscribe([sink.records_topic, sink.dead_letters_topic], listener=sink.membership)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()

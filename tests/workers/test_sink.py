@@ -46,6 +46,12 @@ def outputs(*raw: bytes) -> list[Kafka]:
     return out
 
 
+def records_and_a_letter() -> tuple[list[Kafka], list[Kafka]]:
+    """Two records (an issue, a consume) and the dead letter of the order consumed again."""
+    msgs = outputs(issued("b1", 5), consumed("o1", 3), consumed("o1", 3))
+    return [m for m in msgs if m.topic == RECORDS.topic], [m for m in msgs if m.topic == LETTERS.topic]
+
+
 @dataclass
 class Consumer:
     batches: list[dict[TopicPartition, list[Kafka]]]
@@ -98,9 +104,7 @@ def sink(batches: list[dict[TopicPartition, list[Kafka]]]) -> tuple[Sink, Consum
 
 
 async def test_rows_are_written_before_the_offsets_after_them_are_committed() -> None:
-    msgs = outputs(issued("b1", 5), consumed("o1", 3), consumed("o1", 3))  # the repeat order: a dead letter
-    records = [m for m in msgs if m.topic == RECORDS.topic]
-    letters = [m for m in msgs if m.topic == LETTERS.topic]
+    records, letters = records_and_a_letter()
     s, consumer, db, stopping = sink([{RECORDS: records[:1]}, {RECORDS: records[1:], LETTERS: letters}])
     await s.run(stopping)
     assert consumer.log == ["records 1", "commit", "records 1", "dead_letters 1", "commit"]
@@ -120,9 +124,7 @@ async def test_a_batch_that_fails_to_write_is_never_committed() -> None:
 
 
 async def test_offsets_of_partitions_no_longer_held_are_not_committed() -> None:
-    msgs = outputs(issued("b1", 5), consumed("o1", 3), consumed("o1", 3))
-    records = [m for m in msgs if m.topic == RECORDS.topic]
-    letters = [m for m in msgs if m.topic == LETTERS.topic]
+    records, letters = records_and_a_letter()
     s, consumer, db, stopping = sink([{RECORDS: records, LETTERS: letters}])
     consumer.assigned = {RECORDS}  # a rebalance took the dead letters' partition meanwhile
     await s.run(stopping)
