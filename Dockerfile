@@ -12,8 +12,17 @@ ARG PYTHON=python:3.11.11-slim-bookworm@sha256:081075da77b2b55c23c088251026fb69a
 
 FROM ${PYTHON} AS build
 WORKDIR /src
+# the native model (native/) builds with Rust: rustup's minimal profile, the toolchain pinned
+ARG RUST_TOOLCHAIN=1.95.0
+ENV PATH=/root/.cargo/bin:$PATH
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates curl gcc libc6-dev \
+    && curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs \
+       | sh -s -- -y --profile minimal --default-toolchain "${RUST_TOOLCHAIN}" \
+    && rm -rf /var/lib/apt/lists/*
 RUN pip install --no-cache-dir --upgrade "pip>=24" "setuptools>=69"
 COPY pyproject.toml README.md ./
+COPY native native
 COPY costtrace costtrace
 COPY schemas schemas
 COPY topics topics

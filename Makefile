@@ -5,8 +5,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
+NATIVE := costtrace/.native-built
+
 .PHONY: setup demo test lint bench
-setup: $(STAMP)
+setup: $(STAMP) $(NATIVE)
+
+# the native model (native/, Rust): built again by cargo when its sources change
+$(NATIVE): $(STAMP) native/Cargo.toml native/Cargo.lock $(wildcard native/src/*.rs)
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	touch $@
 
 $(STAMP): pyproject.toml
 	@$(PY) -c 'import sys; assert sys.version_info >= (3, 11), "costtrace needs Python 3.11 or newer"'

@@ -14,9 +14,8 @@ from typing import BinaryIO, Final
 
 import msgspec
 
-from costtrace.model.allocation import Status, apply_credit, apply_event
+from costtrace.model.allocation import Status, replay_event
 from costtrace.model.state import MemoryStore
-from schemas.records import Record, Rejection
 
 _FLUSH_EVERY: Final = 4096
 
@@ -75,8 +74,9 @@ def _replay(
 ) -> Summary:
     store = store if store is not None else MemoryStore()
     summary = Summary()
-    encode_lines = msgspec.json.Encoder().encode_lines
-    pending: list[Record | Rejection] = []
+    encode = msgspec.json.Encoder().encode
+    pending: list[bytes] = []  # chunks of output lines, the contract's JSON
+    waiting = 0  # records in `pending`
     rejections = summary.rejections
     APPLIED, REJECTED = Status.APPLIED, Status.REJECTED
     for line in lines:
@@ -86,25 +86,24 @@ def _replay(
             summary.blank_lines += 1
             continue
         summary.events += 1
-        outcome = apply_event(store, line)
-        status = outcome.status
+        status, text, n, rej = replay_event(store, line)
         if status is APPLIED:
-            pending += outcome.records
-            for credit in outcome.credits:
-                pending += apply_credit(store, credit).records
+            pending.append(text)
+            waiting += n
         elif status is REJECTED:
-            rej = outcome.rejection
             assert rej is not None
-            pending.append(rej)
+            pending.append(encode(rej) + b"\n")
+            waiting += 1
             rejections[rej.reason] += 1
         else:
             summary.repeats += 1
-        if len(pending) >= _FLUSH_EVERY:
-            summary.records += len(pending)
-            out.write(encode_lines(pending))
+        if waiting >= _FLUSH_EVERY:
+            summary.records += waiting
+            out.write(b"".join(pending))
             pending.clear()
-    summary.records += len(pending)
-    out.write(encode_lines(pending))
+            waiting = 0
+    summary.records += waiting
+    out.write(b"".join(pending))
     accounts = store.accounts()
     summary.accounts = len(accounts)
     summary.debt_outstanding = sum(a.debt() for a in accounts.values())

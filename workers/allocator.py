@@ -36,7 +36,6 @@ PROCESSING_ERROR: Final = "processing_error"
 ATTEMPT_HEADER: Final = "costtrace-attempt"
 ORIGIN_HEADER: Final = "costtrace-origin"
 _json = msgspec.json.Encoder()
-_credit_encoder = msgspec.msgpack.Encoder()
 _credit_decoder = msgspec.msgpack.Decoder(Credit)
 _archive_decoder = msgspec.json.Decoder(Archive)
 _TYPE_NAMES: Final = {cls: str(cls.__struct_config__.tag) for cls in EVENT_TYPES}
@@ -204,12 +203,14 @@ class Allocator:
             ("costtrace-received-ms", str(msg.timestamp_ms or "").encode()),
             ("costtrace-occurred-ms", str("" if occurred_ms is None else occurred_ms).encode()),
         ]
-        for rec in outcome.records:
-            out.append(Output(self.allocations_topic, rec.account_id.encode(), _json.encode(rec), headers))
-        for credit in outcome.credits:
-            out.append(
-                Output(self.credits_topic, credit.to_account_id.encode(), _credit_encoder.encode(credit), [])
-            )
+        if outcome.record_lines:
+            # an outcome's records are all on its account (a credit's on the receiver's)
+            assert outcome.account_id is not None
+            account_key = outcome.account_id.encode()
+            for line in outcome.record_lines:
+                out.append(Output(self.allocations_topic, account_key, line, headers))
+        for credit, blob in zip(outcome.credits, outcome.credit_blobs, strict=True):
+            out.append(Output(self.credits_topic, credit.to_account_id.encode(), blob, []))
         rej = outcome.rejection
         if rej is not None:
             key_text, _ = _text(msg.key)

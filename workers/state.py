@@ -26,23 +26,12 @@ Locally, a group is one RocksDB write batch either way.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Protocol
 
-import msgspec
 from rocksdict import WriteBatch, WriteOptions
 
-from costtrace.model.state import Account, AccountState, Namespace, decode_value, encode_value
-
-V = TypeVar("V")
-
-_HEADER_NS = b"h"
-_NAMESPACES = [(ns, bytes([ord("0") + int(ns)])) for ns in Namespace]
-
-
-class Header(msgspec.Struct, array_like=True, gc=False):
-    account: Account
-    # (table key, value) of the other writes of the account's last event
-    redo: list[tuple[bytes, bytes]] = msgspec.field(default_factory=list)
+from costtrace._native import NativeStore
+from costtrace.model.state import HEADER_PREFIX as _HEADER_NS
 
 
 class Table(Protocol):
@@ -107,11 +96,6 @@ def without_write_ahead_log(rocks: Any) -> None:
     rocks._open_for_partition = _open_for_partition
 
 
-def _account_prefix(account_id: str) -> bytes:
-    encoded = account_id.encode()
-    return b"%d:%s" % (len(encoded), encoded)
-
-
 def account_of_key(key: bytes) -> str:
     """The account a table key belongs to: `{namespace byte}{len}:{account}{rest}`."""
     length, sep, rest = key[1:].partition(b":")
@@ -120,92 +104,28 @@ def account_of_key(key: bytes) -> str:
     return rest[: int(length)].decode()
 
 
-_header_decoder = msgspec.msgpack.Decoder(Header)
-
-
-class TableEntries(Generic[V]):
-    """One namespace of one account: reads through to the table, keeps writes until commit."""
-
-    __slots__ = ("_ns", "_prefix", "_read", "_table", "written")
-
-    def __init__(self, table: Table, prefix: bytes, ns: Namespace) -> None:
-        self._table = table
-        self._prefix = prefix
-        self._ns = ns
-        self._read: dict[str, V | None] = {}
-        self.written: dict[str, V] = {}
-
-    def get(self, key: str) -> V | None:
-        if key in self.written:
-            return self.written[key]
-        if key in self._read:
-            return self._read[key]
-        raw = self._table.get(self._prefix + key.encode())
-        value: V | None = None if raw is None else decode_value(self._ns, raw)
-        self._read[key] = value
-        return value
-
-    def __setitem__(self, key: str, value: V) -> None:
-        self.written[key] = value
-
-    def table_writes(self) -> list[tuple[bytes, bytes]]:
-        prefix = self._prefix
-        return [(prefix + k.encode(), encode_value(v)) for k, v in self.written.items()]
-
-
 class TableStore:
     """`costtrace.model.state.Store` on a faust table; used inside a stream, one event at a time.
 
-    `together(size, records)`: whether the table's changelog takes a group
-    of `records` writes of `size` key and value bytes whole (the module's
-    docstring); by default none, and every header carries its redo log.
+    The native model reads the table through `table.get` and hands each
+    event's writes to `table.put_all` (native/src/store.rs does the header,
+    redo log and repair described above). `together(size, records)`: whether
+    the table's changelog takes a group of `records` writes of `size` key and
+    value bytes whole; by default none, and every header carries its redo log.
     """
 
     def __init__(self, table: Table, together: Callable[[int, int], bool] | None = None) -> None:
         self.table = table
-        self.together = together or (lambda size, records: False)
-        self._repaired: set[str] = set()
-        self.created = 0  # accounts whose first header this store wrote (for the accounts-held metric)
-        self._new: str | None = None
+        self.native = NativeStore.table(table, together or (lambda size, records: False))
 
     def forget_repairs(self) -> None:
         """After a rebalance, recovery may have restored another worker's cut-off event."""
-        self._repaired.clear()
+        self.native.forget_repairs()
 
-    def account(self, account_id: str) -> AccountState:
-        prefix = _account_prefix(account_id)
-        raw = self.table.get(_HEADER_NS + prefix)
-        self._new = account_id if raw is None else None
-        if raw is None:
-            head = Account()
-        else:
-            header = _header_decoder.decode(raw)
-            head = header.account
-            if account_id not in self._repaired and header.redo:
-                self.table.put_all(header.redo)
-        self._repaired.add(account_id)
-        # (not `TableEntries[Any](...)`: calling a subscripted generic costs a microsecond each)
-        table = self.table
-        maps: list[TableEntries[Any]] = [
-            TableEntries(table, ns_byte + prefix, ns) for ns, ns_byte in _NAMESPACES
-        ]
-        return AccountState(head, *maps)
-
-    def commit(self, account_id: str, state: AccountState) -> None:
-        writes: list[tuple[bytes, bytes]] = []
-        for entries in state.entries().values():
-            assert isinstance(entries, TableEntries)
-            if entries.written:
-                writes += entries.table_writes()
-        if self._new == account_id:
-            self.created += 1
-            self._new = None
-        key = _HEADER_NS + _account_prefix(account_id)
-        alone = encode_value(Header(state.head))
-        size = len(key) + len(alone) + sum(len(k) + len(v) for k, v in writes)
-        together = self.together(size, len(writes) + 1)
-        header = (key, alone if together else encode_value(Header(state.head, writes)))
-        self.table.put_all([header, *writes])
+    @property
+    def created(self) -> int:
+        """Accounts whose first header this store wrote (for the accounts-held metric)."""
+        return self.native.created
 
 
 class PartitionDB(Protocol):

@@ -1,10 +1,16 @@
-"""Per-account state, split so that an event reads and writes only what it touches.
+"""Per-account state: the decoded form of what the native model stores.
 
-One account's state (`AccountState`) is a header plus entries under (namespace, key):
+The rules and the code that reads and writes state are native
+(native/src/: model.rs, store.rs, state.rs); the Structs here are the same
+values as msgspec decodes them, for tests, tools and the credits topic, and
+tests/model/test_native.py holds the two forms to each other byte for byte.
+
+One account's state is a header plus entries under (namespace, key), all in
+one key-value table (a map for replay, the partition's RocksDB in the fleet):
 
 | where | key | value | written by |
 |---|---|---|---|
-| header | | `Account`: open batches (FIFO), debt slices, source markers | every event |
+| header | | `Header`: `Account` (open batches FIFO, debt slices, source marks), redo log | every event |
 | `BATCH` | batch_id | `BatchInfo` (immutable) | issued, opened, credit |
 | `ORDER` | order_id | `Order`: its slices, debt and refunds | consumed, refunded, trueup |
 | `EVENT` | event_id | the applied event itself (its exact-repeat fingerprint) | every applied event |
@@ -13,29 +19,27 @@ One account's state (`AccountState`) is a header plus entries under (namespace, 
 | `CREDIT` | origin event key | transfer_id | credit (receiver) |
 | `OUTPUTS` | slot | `Outputs` of a position not yet settled | every positioned event (fleet only) |
 
-The header grows with open batches and open debts, never with history: an
-account with 100,000 past orders still writes one small header and one order
-per event. What it keeps for redelivery is let go once the position is
-settled (its offset committed): `Account.kept` says which slot holds which
-position's outputs, and a settled slot is written over by the next event, so
-the fleet's outputs take as many entries as an account has events in flight.
-Everything is a msgspec Struct, so it serialises compactly
-(`array_like` msgpack) and round-trips exactly. State never forms reference
-cycles, so the Structs opt out of the garbage collector (`gc=False`), which
-matters with millions of them in memory.
+Keys are `h{len}:{account}` for the header and `{ns}{len}:{account}{key}` for
+an entry (`len` in bytes). The header grows with open batches and open debts,
+never with history: an account with 100,000 past orders still writes one
+small header and one order per event. What it keeps for redelivery is let go
+once the position is settled (its offset committed): `Account.kept` says
+which slot holds which position's outputs, and a settled slot is written over
+by the next event, so the fleet's outputs take as many entries as an account
+has events in flight. Values are compact msgpack (`array_like`) and
+round-trip exactly.
 """
 
 from __future__ import annotations
 
 from enum import IntEnum
-from typing import Any, Final, Protocol, TypeVar
+from typing import Any, Final, Protocol
 
 import msgspec
 
+from costtrace._native import NativeStore
 from schemas.events import Event
 from schemas.records import Record, Rejection
-
-V = TypeVar("V")
 
 
 class Namespace(IntEnum):
@@ -180,102 +184,87 @@ VALUE_TYPES: Final[dict[Namespace, Any]] = {
 }
 
 
-# (namespace, key) -> new value, for one event on one account
-class Entries(Protocol[V]):
-    """Keyed entries of one kind on one account: all the model needs of a map."""
+class Header(msgspec.Struct, array_like=True, gc=False):
+    """The header entry: the account, and the (table key, value) writes of its last event (redo log)."""
 
-    def get(self, key: str) -> V | None: ...
-
-    def __setitem__(self, key: str, value: V) -> None: ...
+    account: Account
+    redo: list[tuple[bytes, bytes]] = msgspec.field(default_factory=list)
 
 
-class AccountState:
-    """One account's state as the model sees it: the header and its keyed entries.
+HEADER_PREFIX: Final = b"h"
 
-    In replay every map is a plain dict; in the fleet they read through to the
-    RocksDB table and remember what changed. The model changes nothing until
-    it has accepted an event, and assigns every entry it changed back to its
-    map (never only mutating it in place), so a store sees every write.
-    """
 
-    __slots__ = ("batches", "credits", "events", "head", "orders", "outputs", "refunds", "transfers")
+def account_prefix(account_id: str) -> bytes:
+    """`{len}:{account}`: what every key of the account starts with after its namespace byte."""
+    encoded = account_id.encode()
+    return b"%d:%s" % (len(encoded), encoded)
 
-    def __init__(
-        self,
-        head: Account,
-        batches: Entries[BatchInfo],
-        orders: Entries[Order],
-        events: Entries[Event],
-        refunds: Entries[str],
-        transfers: Entries[str],
-        credits: Entries[str],
-        outputs: Entries[Outputs],
-    ) -> None:
-        self.head = head
-        self.batches = batches
-        self.orders = orders
-        self.events = events
-        self.refunds = refunds
-        self.transfers = transfers
-        self.credits = credits
-        self.outputs = outputs
 
-    @classmethod
-    def in_memory(cls) -> AccountState:
-        return cls(Account(), {}, {}, {}, {}, {}, {}, {})
-
-    def entries(self) -> dict[Namespace, Entries[Any]]:
-        return {
-            Namespace.BATCH: self.batches,
-            Namespace.ORDER: self.orders,
-            Namespace.EVENT: self.events,
-            Namespace.REFUND: self.refunds,
-            Namespace.TRANSFER: self.transfers,
-            Namespace.CREDIT: self.credits,
-            Namespace.OUTPUTS: self.outputs,
-        }
-
-    def is_empty(self) -> bool:
-        return not (self.head.open or self.head.debts or self.head.marks) and not any(
-            isinstance(m, dict) and m for m in self.entries().values()
-        )
+def namespace_byte(ns: Namespace) -> bytes:
+    return bytes([ord("0") + int(ns)])
 
 
 class Store(Protocol):
-    """Where per-account state lives: dicts for replay, a RocksDB table in the fleet."""
+    """Where per-account state lives: in memory for replay, a RocksDB table in the fleet.
 
-    def account(self, account_id: str) -> AccountState:
-        """The account's state, empty if it has none yet."""
-        ...
+    Either way the native model (native/src/store.rs) reads and writes it.
+    """
 
-    def commit(self, account_id: str, state: AccountState) -> None:
-        """Keep what one event changed (the model calls it once per event that changed anything)."""
-        ...
+    native: NativeStore
+
+
+class AccountView:
+    """One account's state, decoded: what tests and tools read (the model never does)."""
+
+    def __init__(self, head: Account, entries: dict[Namespace, dict[str, Any]]) -> None:
+        self.head = head
+        self._entries = entries
+
+    def entries(self) -> dict[Namespace, dict[str, Any]]:
+        return self._entries
+
+    @property
+    def batches(self) -> dict[str, BatchInfo]:
+        return self._entries[Namespace.BATCH]
+
+    @property
+    def orders(self) -> dict[str, Order]:
+        return self._entries[Namespace.ORDER]
+
+    @property
+    def outputs(self) -> dict[str, Outputs]:
+        return self._entries[Namespace.OUTPUTS]
 
 
 class MemoryStore:
-    """The in-memory store of offline replay and the tests: one `AccountState` per account."""
+    """The in-memory store of offline replay and the tests (the table is a map inside the native model)."""
 
     def __init__(self) -> None:
-        self.states: dict[str, AccountState] = {}
+        self.native = NativeStore.memory()
 
-    def account(self, account_id: str) -> AccountState:
-        state = self.states.get(account_id)
-        if state is None:
-            state = self.states[account_id] = AccountState.in_memory()
-        return state
-
-    def commit(self, account_id: str, state: AccountState) -> None:
-        """Nothing to do: the maps are the store."""
+    def items(self, prefix: bytes = b"") -> list[tuple[bytes, bytes]]:
+        """Every (table key, value) under `prefix`, as the fleet's table would hold them."""
+        return self.native.items(prefix)
 
     def accounts(self) -> dict[str, Account]:
         """Headers of every account with any state (an account seen only in rejections has none)."""
-        return {a: s.head for a, s in self.states.items() if not s.is_empty()}
+        return {account_id: decode_header(value).account for account_id, value in self.native.heads()}
+
+    def account(self, account_id: str) -> AccountView:
+        """The account's state, decoded (empty if it has none)."""
+        prefix = account_prefix(account_id)
+        header = self.native.items(HEADER_PREFIX + prefix)
+        head = Account() if not header else decode_header(header[0][1]).account
+        entries: dict[Namespace, dict[str, Any]] = {}
+        for ns in Namespace:
+            start = namespace_byte(ns) + prefix
+            entries[ns] = {k[len(start) :].decode(): decode_value(ns, v) for k, v in self.native.items(start)}
+        return AccountView(head, entries)
 
 
 _encoder: Final = msgspec.msgpack.Encoder()
 _decoders: Final = {ns: msgspec.msgpack.Decoder(t) for ns, t in VALUE_TYPES.items()}
-_account_decoder: Final = msgspec.msgpack.Decoder(Account)
+_header_decoder: Final = msgspec.msgpack.Decoder(Header)
 
 
 def encode_value(value: Any) -> bytes:
@@ -286,5 +275,5 @@ def decode_value(ns: Namespace, data: bytes) -> Any:
     return _decoders[ns].decode(data)
 
 
-def decode_account(data: bytes) -> Account:
-    return _account_decoder.decode(data)
+def decode_header(data: bytes) -> Header:
+    return _header_decoder.decode(data)

@@ -1,0 +1,701 @@
+//! The cost-tracing rules of `cost-tracing.md`, applied one event at a time.
+//!
+//! The only implementation of the rules: offline replay and the fleet's
+//! agents both reach them through `costtrace.model.allocation`. Pure: no
+//! Kafka, no database, no clock; state comes from a `Store` and goes back to it.
+//!
+//! Redelivery (the fleet reads at least once): an event read at a position
+//! whose offset the account has already passed is a redelivery, and gets
+//! back the outputs stored for that position. A producer's repeat (same
+//! event, new position) is an exact repeat and yields nothing. Stored outputs
+//! are let go once the fleet says their position is settled (committed).
+
+use blake2::digest::{Update, VariableOutput};
+use blake2::Blake2bVar;
+
+use crate::state::{
+    Account, BatchInfo, Credit, CreditSlice, Debt, Kept, Kind, OpenBatch, Order, Outputs, Record, Rejection,
+    Slice,
+};
+use crate::store::{AccountState, EventBytes, Store, Table};
+
+pub const SUSPENSE: &str = "SUSPENSE";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Applied,
+    Repeat,
+    Rejected,
+    Redelivered,
+}
+
+/// A rejection's detail: `text`, with `{!r}` standing for the (Python) repr of `quoted`.
+#[derive(Clone, Debug)]
+pub struct Detail {
+    pub text: String,
+    pub quoted: Option<String>,
+}
+
+impl Detail {
+    fn of(text: &str, quoted: &str) -> Detail {
+        Detail { text: text.to_owned(), quoted: Some(quoted.to_owned()) }
+    }
+}
+
+/// What applying one event (or credit) gave.
+#[derive(Debug)]
+pub struct Outcome {
+    pub status: Status,
+    pub account_id: String,
+    pub records: Vec<Record>,
+    pub credits: Vec<Credit>,
+    pub rejection: Option<Rejection>,
+    pub detail: Option<Detail>,
+    /// the account's step that made the records: (step, seq) is replay's order
+    pub step: i64,
+}
+
+impl Outcome {
+    fn plain(status: Status, account_id: &str) -> Outcome {
+        Outcome {
+            status,
+            account_id: account_id.to_owned(),
+            records: Vec::new(),
+            credits: Vec::new(),
+            rejection: None,
+            detail: None,
+            step: 0,
+        }
+    }
+
+    fn outputs(&self) -> Outputs {
+        Outputs {
+            records: self.records.clone(),
+            credits: self.credits.clone(),
+            rejection: self.rejection.clone(),
+            step: self.step,
+        }
+    }
+}
+
+/// The fields of the five input events, as `schemas.events` validated them.
+#[derive(Debug, serde::Deserialize)]
+pub struct Event {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub event_id: String,
+    pub account_id: String,
+    #[serde(rename = "__costtrace_occurred_ns__")]
+    pub occurred_ns: i64,
+    #[serde(default)]
+    pub batch_id: Option<String>,
+    #[serde(default)]
+    pub budget_id: Option<String>,
+    #[serde(default)]
+    pub amount: i64,
+    #[serde(default)]
+    pub order_id: Option<String>,
+    #[serde(default)]
+    pub merchant_id: Option<String>,
+    #[serde(default)]
+    pub refund_id: Option<String>,
+    #[serde(default)]
+    pub transfer_id: Option<String>,
+    #[serde(default)]
+    pub to_account_id: Option<String>,
+}
+
+/// Where the fleet read an event: its source ("topic:partition") and offset.
+pub struct Position<'a> {
+    pub source: &'a str,
+    pub offset: i64,
+}
+
+/// A short, unambiguous id of (account, event): the stem of its record ids.
+pub fn event_key(account_id: &str, event_id: &str) -> String {
+    // the length in characters, as Python's len() counts it
+    let mut count = itoa::Buffer::new();
+    let mut hasher = Blake2bVar::new(12).expect("12 is a valid blake2b size");
+    hasher.update(count.format(account_id.chars().count()).as_bytes());
+    hasher.update(b":");
+    hasher.update(account_id.as_bytes());
+    hasher.update(event_id.as_bytes());
+    let mut digest = [0u8; 12];
+    hasher.finalize_variable(&mut digest).expect("the buffer has the digest's size");
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(24);
+    for b in digest {
+        out.push(HEX[(b >> 4) as usize] as char);
+        out.push(HEX[(b & 15) as usize] as char);
+    }
+    out
+}
+
+struct Rejected {
+    reason: &'static str,
+    detail: Detail,
+}
+
+fn rejected(reason: &'static str, text: &str, quoted: &str) -> Rejected {
+    Rejected { reason, detail: Detail::of(text, quoted) }
+}
+
+/// One event's effect on one account: the records it makes, and the helpers that move coins.
+struct Change<'s, T> {
+    table: &'s mut T,
+    state: &'s mut AccountState,
+    key: String,
+    seq: i64,
+    event_id: String,
+    records: Vec<Record>,
+}
+
+struct Refs<'a> {
+    order_id: Option<&'a str>,
+    refund_id: Option<&'a str>,
+    transfer_id: Option<&'a str>,
+    merchant_id: Option<&'a str>,
+}
+
+const NO_REFS: Refs<'static> = Refs { order_id: None, refund_id: None, transfer_id: None, merchant_id: None };
+
+type Step<T> = Result<Result<(), Rejected>, <T as Table>::Error>;
+
+impl<T: Table> Change<'_, T> {
+    fn record(&mut self, kind: Kind, batch_id: &str, budget_id: &str, amount: i64, refs: &Refs) {
+        let mut seq = itoa::Buffer::new();
+        let seq = seq.format(self.seq);
+        let mut record_id = String::with_capacity(self.key.len() + 1 + seq.len());
+        record_id.push_str(&self.key);
+        record_id.push('-');
+        record_id.push_str(seq);
+        self.records.push(Record {
+            record_id,
+            event_id: self.event_id.clone(),
+            kind,
+            account_id: self.state.account_id.clone(),
+            batch_id: batch_id.to_owned(),
+            budget_id: budget_id.to_owned(),
+            amount,
+            order_id: refs.order_id.map(str::to_owned),
+            refund_id: refs.refund_id.map(str::to_owned),
+            transfer_id: refs.transfer_id.map(str::to_owned),
+            merchant_id: refs.merchant_id.map(str::to_owned),
+        });
+        self.seq += 1;
+    }
+
+    // -- batches
+
+    fn add_batch(&mut self, batch_id: &str, budget_id: &str, issued_ns: i64, amount: i64) {
+        let info = BatchInfo { budget_id: budget_id.to_owned(), issued_ns, amount };
+        self.state.batches.set(batch_id.to_owned(), info);
+        let batch = OpenBatch {
+            issued_ns,
+            batch_id: batch_id.to_owned(),
+            budget_id: budget_id.to_owned(),
+            remaining: amount,
+        };
+        let open = &mut self.state.head.open;
+        let i = open.partition_point(|b| *b <= batch);
+        open.insert(i, batch);
+    }
+
+    /// Return coins to a batch, re-opening it at its FIFO place if it was spent.
+    fn give_back(&mut self, batch_id: &str, amount: i64) -> Result<(), T::Error> {
+        let info = self.state.batches.get(self.table, &self.state.prefix, batch_id)?;
+        let info = info.unwrap_or_else(|| panic!("slice on unknown batch {batch_id:?}"));
+        let open = &mut self.state.head.open;
+        // budget "" sorts before any real budget id, so this lands on the batch itself
+        let probe = OpenBatch {
+            issued_ns: info.issued_ns,
+            batch_id: batch_id.to_owned(),
+            budget_id: String::new(),
+            remaining: 0,
+        };
+        let i = open.partition_point(|b| *b < probe);
+        if i < open.len() && open[i].batch_id == batch_id {
+            open[i].remaining += amount;
+        } else {
+            let batch = OpenBatch {
+                issued_ns: info.issued_ns,
+                batch_id: batch_id.to_owned(),
+                budget_id: info.budget_id,
+                remaining: amount,
+            };
+            open.insert(i, batch);
+        }
+        Ok(())
+    }
+
+    /// Take `amount` from the front of FIFO; return (slices taken, shortfall).
+    fn take(&mut self, amount: i64, kind: Kind, refs: &Refs) -> (Vec<OpenBatch>, i64) {
+        let mut taken = Vec::new();
+        let mut left = amount;
+        let mut spent = 0;
+        let open = std::mem::take(&mut self.state.head.open);
+        let mut open = open;
+        for b in open.iter_mut() {
+            let take = b.remaining.min(left);
+            self.record(kind, &b.batch_id, &b.budget_id, -take, refs);
+            taken.push(OpenBatch {
+                issued_ns: b.issued_ns,
+                batch_id: b.batch_id.clone(),
+                budget_id: b.budget_id.clone(),
+                remaining: take,
+            });
+            b.remaining -= take;
+            left -= take;
+            if b.remaining != 0 {
+                break;
+            }
+            spent += 1;
+            if left == 0 {
+                break;
+            }
+        }
+        open.drain(..spent);
+        self.state.head.open = open;
+        (taken, left)
+    }
+
+    // -- debt
+
+    /// Rule 4: while there is debt and open stock, pay the oldest debt FIFO.
+    fn pay_down(&mut self) -> Result<(), T::Error> {
+        while !self.state.head.debts.is_empty() && !self.state.head.open.is_empty() {
+            let (oid, debt_amount) = {
+                let d = &self.state.head.debts[0];
+                (d.order_id.clone(), d.amount)
+            };
+            let (batch_id, budget_id, remaining) = {
+                let b = &self.state.head.open[0];
+                (b.batch_id.clone(), b.budget_id.clone(), b.remaining)
+            };
+            let y = debt_amount.min(remaining);
+            let order = self.state.orders.get(self.table, &self.state.prefix, &oid)?;
+            let mut order = order.unwrap_or_else(|| panic!("debt of unknown order {oid:?}"));
+            let mid = order.merchant_id.clone();
+            let refs = Refs { order_id: Some(&oid), refund_id: None, transfer_id: None, merchant_id: mid.as_deref() };
+            self.record(Kind::Trueup, &batch_id, &budget_id, -y, &refs);
+            self.record(Kind::Trueup, SUSPENSE, SUSPENSE, y, &refs);
+            order.suspense -= y;
+            order.trueups.push(Slice { batch_id, budget_id, amount: y });
+            self.state.orders.set(oid.clone(), order);
+            let head = &mut self.state.head;
+            head.debts[0].amount -= y;
+            head.open[0].remaining -= y;
+            if head.debts[0].amount == 0 {
+                head.debts.remove(0);
+            }
+            if head.open[0].remaining == 0 {
+                head.open.remove(0);
+            }
+        }
+        Ok(())
+    }
+
+    fn settle_debt(&mut self, order_id: &str, amount: i64) {
+        let debts = &mut self.state.head.debts;
+        let i = debts
+            .iter()
+            .position(|d| d.order_id == order_id)
+            .unwrap_or_else(|| panic!("order {order_id:?} has no debt slice"));
+        debts[i].amount -= amount;
+        if debts[i].amount == 0 {
+            debts.remove(i);
+        }
+    }
+}
+
+fn required<'a>(field: &'a Option<String>, name: &str) -> &'a str {
+    field.as_deref().unwrap_or_else(|| panic!("a validated event has its {name}"))
+}
+
+// -- the rules, one per event type; each checks everything before it changes anything
+
+fn issue<T: Table>(ch: &mut Change<T>, ev: &Event, kind: Kind) -> Step<T> {
+    let batch_id = required(&ev.batch_id, "batch_id");
+    if ch.state.batches.contains(ch.table, &ch.state.prefix, batch_id)? {
+        return Ok(Err(rejected("duplicate_batch", "batch {!r} is already on this account", batch_id)));
+    }
+    let budget_id = required(&ev.budget_id, "budget_id");
+    ch.add_batch(batch_id, budget_id, ev.occurred_ns, ev.amount);
+    ch.record(kind, batch_id, budget_id, ev.amount, &NO_REFS);
+    Ok(Ok(()))
+}
+
+fn consumed<T: Table>(ch: &mut Change<T>, ev: &Event) -> Step<T> {
+    let oid = required(&ev.order_id, "order_id");
+    let mid = ev.merchant_id.as_deref();
+    if ch.state.orders.contains(ch.table, &ch.state.prefix, oid)? {
+        return Ok(Err(rejected("duplicate_order", "order {!r} was already consumed", oid)));
+    }
+    let refs = Refs { order_id: Some(oid), refund_id: None, transfer_id: None, merchant_id: mid };
+    let (taken, shortfall) = ch.take(ev.amount, Kind::Consume, &refs);
+    let mut order = Order {
+        amount: ev.amount,
+        merchant_id: ev.merchant_id.clone(),
+        refunded: 0,
+        suspense: 0,
+        consumes: taken
+            .into_iter()
+            .map(|b| Slice { batch_id: b.batch_id, budget_id: b.budget_id, amount: b.remaining })
+            .collect(),
+        trueups: Vec::new(),
+        archived: false,
+    };
+    if shortfall != 0 {
+        ch.record(Kind::Consume, SUSPENSE, SUSPENSE, -shortfall, &refs);
+        order.suspense = shortfall;
+        ch.state.head.debts.push(Debt { order_id: oid.to_owned(), amount: shortfall });
+    }
+    ch.state.orders.set(oid.to_owned(), order);
+    Ok(Ok(()))
+}
+
+fn refunded<T: Table>(ch: &mut Change<T>, ev: &Event) -> Step<T> {
+    let rid = required(&ev.refund_id, "refund_id");
+    let oid = required(&ev.order_id, "order_id");
+    if ch.state.refunds.contains(ch.table, &ch.state.prefix, rid)? {
+        return Ok(Err(rejected("duplicate_refund", "refund {!r} was already applied", rid)));
+    }
+    let Some(mut order) = ch.state.orders.get(ch.table, &ch.state.prefix, oid)? else {
+        return Ok(Err(rejected("unknown_order", "order {!r} has not been consumed on this account", oid)));
+    };
+    if order.archived {
+        return Ok(Err(rejected("order_archived", "order {!r} is archived: past its refund window", oid)));
+    }
+    let unrefunded = order.amount - order.refunded;
+    if ev.amount > unrefunded {
+        let text = format!(
+            "refund of {} exceeds the {} left unrefunded of order {{!r}}",
+            ev.amount, unrefunded
+        );
+        return Ok(Err(rejected("refund_exceeds_order", &text, oid)));
+    }
+    let mid = order.merchant_id.clone();
+    let refs = Refs { order_id: Some(oid), refund_id: Some(rid), transfer_id: None, merchant_id: mid.as_deref() };
+    let mut left = ev.amount;
+    // last in, first out: SUSPENSE, then trueup slices, then consume slices
+    if order.suspense != 0 {
+        let s = left.min(order.suspense);
+        ch.record(Kind::Refund, SUSPENSE, SUSPENSE, s, &refs);
+        order.suspense -= s;
+        ch.settle_debt(oid, s);
+        left -= s;
+    }
+    for stack in [&mut order.trueups, &mut order.consumes] {
+        while left != 0 {
+            let Some(sl) = stack.last_mut() else { break };
+            let t = left.min(sl.amount);
+            let (batch_id, budget_id) = (sl.batch_id.clone(), sl.budget_id.clone());
+            sl.amount -= t;
+            if sl.amount == 0 {
+                stack.pop();
+            }
+            ch.record(Kind::Refund, &batch_id, &budget_id, t, &refs);
+            ch.give_back(&batch_id, t)?;
+            left -= t;
+        }
+    }
+    assert_eq!(left, 0, "an order's slices always cover what is left unrefunded");
+    order.refunded += ev.amount;
+    ch.state.orders.set(oid.to_owned(), order);
+    ch.state.refunds.set(rid.to_owned(), oid.to_owned());
+    Ok(Ok(()))
+}
+
+fn transferred<T: Table>(ch: &mut Change<T>, ev: &Event, credit: &mut Option<Credit>) -> Step<T> {
+    let tid = required(&ev.transfer_id, "transfer_id");
+    let to = required(&ev.to_account_id, "to_account_id");
+    if to == ev.account_id {
+        return Ok(Err(Rejected {
+            reason: "self_transfer",
+            detail: Detail { text: "to_account_id equals account_id".to_owned(), quoted: None },
+        }));
+    }
+    if ch.state.transfers.contains(ch.table, &ch.state.prefix, tid)? {
+        return Ok(Err(rejected("duplicate_transfer", "transfer {!r} was already applied", tid)));
+    }
+    let stock = ch.state.head.stock();
+    if stock < ev.amount as i128 {
+        let text = format!("transfer of {} exceeds the open stock of {}", ev.amount, stock);
+        return Ok(Err(Rejected { reason: "insufficient_stock", detail: Detail { text, quoted: None } }));
+    }
+    let refs = Refs { order_id: None, refund_id: None, transfer_id: Some(tid), merchant_id: None };
+    let (taken, _) = ch.take(ev.amount, Kind::TransferOut, &refs);
+    ch.state.transfers.set(tid.to_owned(), ev.event_id.clone());
+    let slices = taken
+        .into_iter()
+        .map(|b| CreditSlice {
+            source_batch_id: b.batch_id,
+            budget_id: b.budget_id,
+            issued_ns: b.issued_ns,
+            amount: b.remaining,
+        })
+        .collect();
+    *credit = Some(Credit {
+        origin_account_id: ev.account_id.clone(),
+        event_id: ev.event_id.clone(),
+        transfer_id: tid.to_owned(),
+        to_account_id: to.to_owned(),
+        seq: ch.seq,
+        slices,
+    });
+    Ok(Ok(()))
+}
+
+// -- entry points
+
+/// Per source, the offset below which the fleet never reads again (its committed offset).
+pub trait Settled<E> {
+    fn get(&mut self, source: &str) -> Result<Option<i64>, E>;
+}
+
+/// The outputs a redelivered event gave when it was first applied.
+fn recall<T: Table>(store: &mut Store<T>, mut state: AccountState, position: &Position) -> Result<Outcome, T::Error> {
+    let slot = state.head.kept.iter().find(|k| k.offset == position.offset && k.source == position.source);
+    let stored = match slot {
+        Some(k) => {
+            let slot = k.slot.to_string();
+            state.outputs.get(&mut store.table, &state.prefix, &slot)?
+        }
+        None => None,
+    };
+    let mut outcome = Outcome::plain(Status::Redelivered, &state.account_id);
+    if let Some(stored) = stored {
+        outcome.records = stored.records;
+        outcome.credits = stored.credits;
+        outcome.rejection = stored.rejection;
+        outcome.step = stored.step;
+    }
+    store.release(state);
+    Ok(outcome)
+}
+
+fn already_read(head: &Account, position: &Position) -> bool {
+    head.marks.get(position.source).unwrap_or(-1) >= position.offset
+}
+
+/// In the fleet, remember the position and what it gave; then hand the changes to the store.
+///
+/// Outputs of settled positions are never asked for again: their slots are
+/// dropped from the header, and the next event's outputs reuse the lowest
+/// free slot, so no entry is ever deleted (no tombstones on the changelog).
+fn finish<T: Table>(
+    store: &mut Store<T>,
+    mut state: AccountState,
+    outcome: Outcome,
+    position: Option<&Position>,
+    mut changed: bool,
+    settled: Option<&mut dyn Settled<T::Error>>,
+) -> Result<Outcome, T::Error> {
+    if let Some(position) = position {
+        let head = &mut state.head;
+        head.marks.set(position.source, position.offset);
+        if let Some(settled) = settled {
+            if !head.kept.is_empty() {
+                let mut kept = Vec::with_capacity(head.kept.len());
+                for k in std::mem::take(&mut head.kept) {
+                    if k.offset >= settled.get(&k.source)?.unwrap_or(0) {
+                        kept.push(k);
+                    }
+                }
+                head.kept = kept;
+            }
+        }
+        if !outcome.records.is_empty() || !outcome.credits.is_empty() || outcome.rejection.is_some() {
+            let mut slot = 0;
+            while head.kept.iter().any(|k| k.slot == slot) {
+                slot += 1;
+            }
+            head.kept.push(Kept { source: position.source.to_owned(), offset: position.offset, slot });
+            state.outputs.set(slot.to_string(), outcome.outputs());
+        }
+        changed = true;
+    }
+    if changed {
+        store.commit(state)?;
+    } else {
+        store.release(state);
+    }
+    Ok(outcome)
+}
+
+fn reject<T: Table>(
+    store: &mut Store<T>,
+    state: AccountState,
+    event_id: &str,
+    why: Rejected,
+    position: Option<&Position>,
+    settled: Option<&mut dyn Settled<T::Error>>,
+) -> Result<Outcome, T::Error> {
+    let mut outcome = Outcome::plain(Status::Rejected, &state.account_id);
+    outcome.rejection = Some(Rejection {
+        event_id: Some(event_id.to_owned()),
+        account_id: Some(state.account_id.clone()),
+        reason: why.reason.to_owned(),
+    });
+    outcome.detail = Some(why.detail);
+    finish(store, state, outcome, position, false, settled)
+}
+
+/// Apply one valid input event to its account; `fingerprint` is its msgpack form (its exact-repeat identity).
+pub fn apply_event<T: Table>(
+    store: &mut Store<T>,
+    ev: &Event,
+    fingerprint: &[u8],
+    position: Option<&Position>,
+    settled: Option<&mut dyn Settled<T::Error>>,
+) -> Result<Outcome, T::Error> {
+    let mut state = store.account(&ev.account_id)?;
+    if let Some(p) = position {
+        if already_read(&state.head, p) {
+            return recall(store, state, p);
+        }
+    }
+    if let Some(prior) = state.events.get(&mut store.table, &state.prefix, &ev.event_id)? {
+        if prior.0 == fingerprint {
+            let repeat = Outcome::plain(Status::Repeat, &ev.account_id);
+            return finish(store, state, repeat, position, false, settled);
+        }
+        let why = rejected(
+            "conflicting_duplicate",
+            "event {!r} was applied before with a different payload",
+            &ev.event_id,
+        );
+        return reject(store, state, &ev.event_id, why, position, settled);
+    }
+    let mut credit = None;
+    let (verdict, records, seq) = {
+        let mut ch = Change {
+            table: &mut store.table,
+            state: &mut state,
+            key: event_key(&ev.account_id, &ev.event_id),
+            seq: 0,
+            event_id: ev.event_id.clone(),
+            records: Vec::new(),
+        };
+        let verdict = match ev.kind.as_str() {
+            "issued" => issue(&mut ch, ev, Kind::Issue)?,
+            "opened" => issue(&mut ch, ev, Kind::Open)?,
+            "consumed" => consumed(&mut ch, ev)?,
+            "refunded" => refunded(&mut ch, ev)?,
+            "transferred" => transferred(&mut ch, ev, &mut credit)?,
+            other => panic!("not an event type: {other:?}"),
+        };
+        if verdict.is_ok() {
+            ch.pay_down()?;
+        }
+        (verdict, std::mem::take(&mut ch.records), ch.seq)
+    };
+    if let Err(why) = verdict {
+        return reject(store, state, &ev.event_id, why, position, settled);
+    }
+    // a sender with stock has no debt, so pay_down added nothing after the credit's seq
+    assert!(credit.as_ref().is_none_or(|c| c.seq == seq));
+    state.events.set(ev.event_id.clone(), EventBytes(fingerprint.to_vec()));
+    state.head.steps += 1;
+    let mut outcome = Outcome::plain(Status::Applied, &ev.account_id);
+    outcome.records = records;
+    outcome.credits = credit.into_iter().collect();
+    outcome.step = state.head.steps;
+    finish(store, state, outcome, position, true, settled)
+}
+
+/// Drop the slices of archived orders (the fleet's `costtrace archive`); records nothing.
+///
+/// An order with debt still on SUSPENSE is kept whole: its trueups are yet to
+/// come. Archiving an order twice changes nothing.
+pub fn apply_archive<T: Table>(
+    store: &mut Store<T>,
+    account_id: &str,
+    order_ids: &[String],
+    position: Option<&Position>,
+    settled: Option<&mut dyn Settled<T::Error>>,
+) -> Result<Outcome, T::Error> {
+    let mut state = store.account(account_id)?;
+    if let Some(p) = position {
+        if already_read(&state.head, p) {
+            return recall(store, state, p);
+        }
+    }
+    let mut changed = false;
+    for oid in order_ids {
+        let Some(order) = state.orders.get(&mut store.table, &state.prefix, oid)? else { continue };
+        if order.archived || order.suspense != 0 {
+            continue;
+        }
+        let archived = Order {
+            amount: order.amount,
+            merchant_id: order.merchant_id,
+            refunded: order.refunded,
+            suspense: 0,
+            consumes: Vec::new(),
+            trueups: Vec::new(),
+            archived: true,
+        };
+        state.orders.set(oid.clone(), archived);
+        changed = true;
+    }
+    let done = Outcome::plain(Status::Applied, account_id);
+    finish(store, state, done, position, changed, settled)
+}
+
+/// Apply the receiving half of a transfer to `credit.to_account_id` (rule 6).
+///
+/// Each slice becomes a batch `{sender}/{transfer_id}/{source batch_id}` with
+/// the source's budget and issue time. Should the receiver already hold a
+/// batch of that id (only possible if a producer issued one of that form),
+/// the first free `#2`, `#3`, ... suffix is used, so the coins are never lost.
+pub fn apply_credit<T: Table>(
+    store: &mut Store<T>,
+    credit: &Credit,
+    position: Option<&Position>,
+    settled: Option<&mut dyn Settled<T::Error>>,
+) -> Result<Outcome, T::Error> {
+    let account_id = &credit.to_account_id;
+    let mut state = store.account(account_id)?;
+    if let Some(p) = position {
+        if already_read(&state.head, p) {
+            return recall(store, state, p);
+        }
+    }
+    let key = event_key(&credit.origin_account_id, &credit.event_id);
+    if state.credits.contains(&mut store.table, &state.prefix, &key)? {
+        let repeat = Outcome::plain(Status::Repeat, account_id);
+        return finish(store, state, repeat, position, false, settled);
+    }
+    let tid = &credit.transfer_id;
+    let records = {
+        let mut ch = Change {
+            table: &mut store.table,
+            state: &mut state,
+            key: key.clone(),
+            seq: credit.seq,
+            event_id: credit.event_id.clone(),
+            records: Vec::new(),
+        };
+        let refs = Refs { order_id: None, refund_id: None, transfer_id: Some(tid), merchant_id: None };
+        for sl in &credit.slices {
+            let child = format!("{}/{}/{}", credit.origin_account_id, tid, sl.source_batch_id);
+            let mut batch_id = child.clone();
+            let mut n = 2;
+            while ch.state.batches.contains(ch.table, &ch.state.prefix, &batch_id)? {
+                batch_id = format!("{child}#{n}");
+                n += 1;
+            }
+            ch.add_batch(&batch_id, &sl.budget_id, sl.issued_ns, sl.amount);
+            ch.record(Kind::TransferIn, &batch_id, &sl.budget_id, sl.amount, &refs);
+        }
+        ch.state.credits.set(key.clone(), tid.clone());
+        ch.pay_down()?;
+        std::mem::take(&mut ch.records)
+    };
+    state.head.steps += 1;
+    let mut outcome = Outcome::plain(Status::Applied, account_id);
+    outcome.records = records;
+    outcome.step = state.head.steps;
+    finish(store, state, outcome, position, true, settled)
+}
