@@ -104,7 +104,5 @@ def _replay(
             waiting = 0
     summary.records += waiting
     out.write(b"".join(pending))
-    accounts = store.accounts()
-    summary.accounts = len(accounts)
-    summary.debt_outstanding = sum(a.debt() for a in accounts.values())
+    summary.accounts, summary.debt_outstanding = store.totals()
     return summary

@@ -250,6 +250,10 @@ class MemoryStore:
         """Headers of every account with any state (an account seen only in rejections has none)."""
         return {account_id: decode_header(value).account for account_id, value in self.native.heads()}
 
+    def totals(self) -> tuple[int, int]:
+        """(accounts with any state, debt outstanding on them), as `accounts()` would sum them."""
+        return self.native.totals()
+
     def account(self, account_id: str) -> AccountView:
         """The account's state, decoded (empty if it has none)."""
         prefix = account_prefix(account_id)

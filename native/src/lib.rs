@@ -262,6 +262,16 @@ impl NativeStore {
         (status_code(status), PyBytes::new(py, &lines), n, rejection).into_pyobject(py)
     }
 
+    /// (accounts with state, debt outstanding on them) of a memory store: replay's summary.
+    fn totals(&self) -> PyResult<(usize, i128)> {
+        let Backend::Memory(s) = &self.backend else {
+            return Err(PyValueError::new_err("only a memory store sums its accounts"));
+        };
+        let accounts = &s.table.accounts;
+        let debt = accounts.values().flat_map(|h| &h.head.debts).map(|d| d.amount as i128).sum();
+        Ok((accounts.len(), debt))
+    }
+
     /// (account_id, header value) of every account of a memory store.
     fn heads<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let Backend::Memory(s) = &self.backend else {
