@@ -6,7 +6,6 @@ line order, with each transfer's credit applied to the receiver at once.
 
 from __future__ import annotations
 
-import gc
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -54,24 +53,6 @@ def replay(
 
     `on_line(n_bytes)` is called per input line, for a progress bar.
     """
-    # The model's state holds no reference cycles, so reference counting frees
-    # all of it; pausing the cycle collector saves it from walking millions of
-    # live objects again and again (about a sixth of the run time).
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        return _replay(lines, out, store, on_line)
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
-def _replay(
-    lines: Iterable[bytes],
-    out: BinaryIO,
-    store: MemoryStore | None,
-    on_line: Callable[[int], None] | None,
-) -> Summary:
     store = store if store is not None else MemoryStore()
     summary = Summary()
     encode = msgspec.json.Encoder().encode

@@ -22,6 +22,7 @@ import msgspec.inspect as mi
 
 from schemas.events import EVENT_TYPES
 from schemas.records import Kind, Reason, Record, Rejection
+from schemas.timestamps import FIRST_YEAR, LAST_YEAR, YEAR_PATTERN
 
 VERSION: Final = "v1"
 DIRECTORY: Final = Path(__file__).parent / VERSION
@@ -42,7 +43,9 @@ def _type_schema(t: mi.Type, name: str) -> dict[str, Any]:
             out["maxLength"] = t.max_length
         if name == "occurred_at":
             out["format"] = "date-time"
-            out["description"] = "RFC 3339 date-time with an offset; compared as an instant"
+            out["pattern"] = YEAR_PATTERN
+            years = f"years {FIRST_YEAR} to {LAST_YEAR}"
+            out["description"] = f"RFC 3339 date-time with an offset, {years}; compared as an instant"
         return out
     if isinstance(t, mi.IntType):
         out = {

@@ -4,29 +4,27 @@ The contract orders batches by `issued_at` *as an instant*, and producers use
 different offsets and precisions, so timestamps become integer nanoseconds
 since the Unix epoch (UTC). Python's datetime keeps only microseconds, which
 would turn two batches 200 ns apart into a tie, hence this small parser.
+
+Years run from 1678 to 2261: every instant then fits the signed 64 bits the
+state, the credits topic and the native model keep it in (docs/semantics.md).
 """
 
 from __future__ import annotations
 
 import re
-from datetime import UTC, date, datetime, timedelta
+from datetime import date
+
+from costtrace._native import FIRST_YEAR, LAST_YEAR
+from costtrace._native import instant as _native_instant
+
+__all__ = ["FIRST_YEAR", "LAST_YEAR", "YEAR_PATTERN", "TimestampError", "parse_instant", "parse_rfc3339"]
 
 _RFC3339 = re.compile(
     r"(\d{4}-\d{2}-\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(?:[Zz]|([+-])(\d{2}):(\d{2}))",
     re.ASCII,
 )
-# The shape nearly every producer sends, every field in range (calendar aside):
-# upper-case `T` and `Z`, at most microseconds. `datetime.fromisoformat` (C)
-# reads exactly these right, and is lenient elsewhere, so it is used only
-# behind this check; everything else takes the full parser below.
-_COMMON = re.compile(
-    r"\d{4}-\d{2}-\d{2}T(?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d(?:\.\d{1,6})?"
-    r"(?:Z|[+-](?:[01]\d|2[0-3]):[0-5]\d)",
-    re.ASCII,
-).fullmatch
-_from_iso = datetime.fromisoformat
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
+# the years FIRST_YEAR to LAST_YEAR, for the published schema (tests/schemas holds it to them)
+YEAR_PATTERN = "^(?:167[89]|16[89][0-9]|1[7-9][0-9]{2}|2[01][0-9]{2}|22[0-5][0-9]|226[01])-"
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 _NS = 1_000_000_000
 _DAYS_CACHE_LIMIT = 100_000
@@ -59,14 +57,11 @@ def parse_instant(text: str) -> int:
     fractional digits; those past the ninth (below a nanosecond) are dropped.
     A leap second (`:60`) is refused, as JSON Schema's `date-time` checker
     does, so that producers validating with the published schema and the
-    model always agree.
+    model always agree; so is a year outside `FIRST_YEAR`..`LAST_YEAR`
+    (the published schema's `pattern` says the same).
     """
-    if _COMMON(text) is not None:
-        try:
-            return (_from_iso(text) - _EPOCH) // _MICROSECOND * 1000
-        except ValueError:  # no such calendar date: the full parser says so
-            pass
-    return parse_rfc3339(text)
+    ns = _native_instant(text)  # every valid date-time; None for the rest
+    return parse_rfc3339(text) if ns is None else ns
 
 
 def parse_rfc3339(text: str) -> int:
@@ -75,6 +70,8 @@ def parse_rfc3339(text: str) -> int:
     if m is None:
         raise TimestampError(f"not an RFC 3339 date-time with offset: {text!r}")
     day, hh, mi, ss, frac, sign, oh, om = m.groups()
+    if not FIRST_YEAR <= int(day[:4]) <= LAST_YEAR:
+        raise TimestampError(f"year out of range ({FIRST_YEAR} to {LAST_YEAR}): {text!r}")
     hour, minute, second = int(hh), int(mi), int(ss)
     if hour > 23 or minute > 59 or second > 59:
         raise TimestampError(f"time of day out of range: {text!r}")

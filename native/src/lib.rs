@@ -10,6 +10,7 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod instant;
 mod model;
 mod state;
 mod store;
@@ -185,8 +186,7 @@ impl NativeStore {
         position: Where,
         settled: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyTuple>> {
-        let ev: model::Event =
-            rmp_serde::from_slice(event).map_err(|e| PyValueError::new_err(format!("not an event: {e}")))?;
+        let ev = model::Event::from_msgpack(event).map_err(|e| PyValueError::new_err(format!("not an event: {e}")))?;
         let pos = position.as_ref().map(|(source, offset)| Position { source, offset: *offset });
         let outcome = on_backend!(self, store, settled, Ok(model::apply_event(store, &ev, event, pos.as_ref(), settled)?))?;
         outcome_tuple(py, outcome)
@@ -232,8 +232,7 @@ impl NativeStore {
     /// Returns (status code, the records' lines, each ending in a newline,
     /// how many, rejection or None).
     fn replay_event<'py>(&mut self, py: Python<'py>, event: &[u8]) -> PyResult<Bound<'py, PyTuple>> {
-        let ev: model::Event =
-            rmp_serde::from_slice(event).map_err(|e| PyValueError::new_err(format!("not an event: {e}")))?;
+        let ev = model::Event::from_msgpack(event).map_err(|e| PyValueError::new_err(format!("not an event: {e}")))?;
         let Backend::Memory(store) = &mut self.backend else {
             return Err(PyValueError::new_err("replay runs on a memory store"));
         };
@@ -329,9 +328,18 @@ fn event_key(account_id: &str, event_id: &str) -> String {
     model::event_key(account_id, event_id)
 }
 
+/// Nanoseconds since the epoch of an RFC 3339 date-time, or None where `parse_rfc3339` must decide.
+#[pyfunction(name = "instant")]
+fn parse_instant(text: &str) -> Option<i64> {
+    instant::parse(text)
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<NativeStore>()?;
+    m.add_function(wrap_pyfunction!(parse_instant, m)?)?;
+    m.add("FIRST_YEAR", instant::FIRST_YEAR)?;
+    m.add("LAST_YEAR", instant::LAST_YEAR)?;
     m.add_function(wrap_pyfunction!(event_key, m)?)?;
     Ok(())
 }

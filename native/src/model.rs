@@ -79,30 +79,68 @@ impl Outcome {
 }
 
 /// The fields of the five input events, as `schemas.events` validated them.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, Default)]
 pub struct Event {
-    #[serde(rename = "type")]
     pub kind: String,
     pub event_id: String,
     pub account_id: String,
-    #[serde(rename = "__costtrace_occurred_ns__")]
     pub occurred_ns: i64,
-    #[serde(default)]
     pub batch_id: Option<String>,
-    #[serde(default)]
     pub budget_id: Option<String>,
-    #[serde(default)]
     pub amount: i64,
-    #[serde(default)]
     pub order_id: Option<String>,
-    #[serde(default)]
     pub merchant_id: Option<String>,
-    #[serde(default)]
     pub refund_id: Option<String>,
-    #[serde(default)]
     pub transfer_id: Option<String>,
-    #[serde(default)]
     pub to_account_id: Option<String>,
+}
+
+impl Event {
+    /// Read the msgpack msgspec writes for an event Struct: a map of its tag and fields.
+    pub fn from_msgpack(data: &[u8]) -> Result<Event, String> {
+        fn text<'a>(rd: &mut &'a [u8]) -> Result<&'a str, String> {
+            let (s, rest) = rmp::decode::read_str_from_slice(*rd).map_err(|e| format!("{e:?}"))?;
+            *rd = rest;
+            Ok(s)
+        }
+        fn optional(rd: &mut &[u8]) -> Result<Option<String>, String> {
+            if rd.first() == Some(&0xc0) {
+                *rd = &rd[1..];
+                return Ok(None);
+            }
+            Ok(Some(text(rd)?.to_owned()))
+        }
+        fn int(rd: &mut &[u8]) -> Result<i64, String> {
+            rmp::decode::read_int(rd).map_err(|e| format!("{e:?}"))
+        }
+        let mut rd = data;
+        let n = rmp::decode::read_map_len(&mut rd).map_err(|e| format!("{e:?}"))?;
+        let mut ev = Event::default();
+        for _ in 0..n {
+            match text(&mut rd)? {
+                "type" => ev.kind = text(&mut rd)?.to_owned(),
+                "event_id" => ev.event_id = text(&mut rd)?.to_owned(),
+                "account_id" => ev.account_id = text(&mut rd)?.to_owned(),
+                "occurred_at" => {
+                    text(&mut rd)?;
+                }
+                "__costtrace_occurred_ns__" => ev.occurred_ns = int(&mut rd)?,
+                "amount" => ev.amount = int(&mut rd)?,
+                "batch_id" => ev.batch_id = optional(&mut rd)?,
+                "budget_id" => ev.budget_id = optional(&mut rd)?,
+                "order_id" => ev.order_id = optional(&mut rd)?,
+                "merchant_id" => ev.merchant_id = optional(&mut rd)?,
+                "refund_id" => ev.refund_id = optional(&mut rd)?,
+                "transfer_id" => ev.transfer_id = optional(&mut rd)?,
+                "to_account_id" => ev.to_account_id = optional(&mut rd)?,
+                other => return Err(format!("unknown field {other:?}")),
+            }
+        }
+        if !rd.is_empty() {
+            return Err("bytes after the event".to_owned());
+        }
+        Ok(ev)
+    }
 }
 
 /// Where the fleet read an event: its source ("topic:partition") and offset.

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas.events import Consumed, Invalid, Opened, parse_event
-from schemas.timestamps import TimestampError, parse_instant, parse_rfc3339
+from schemas.timestamps import (
+    FIRST_YEAR,
+    LAST_YEAR,
+    YEAR_PATTERN,
+    TimestampError,
+    parse_instant,
+    parse_rfc3339,
+)
 
 GOOD = (
     b'{"event_id":"e1","type":"consumed","account_id":"a","occurred_at":"2026-03-01T10:00:00Z",'
@@ -76,6 +85,9 @@ def test_null_optional_fields_count_as_absent_and_unknown_fields_are_ignored() -
         ("1970-01-01t00:00:01.5z", 1_500_000_000),
         ("1970-01-01T00:00:00.1234567899Z", 123_456_789),
         ("2024-02-29T00:00:00Z", 1_709_164_800_000_000_000),
+        # the first and last instants of the years taken: both fit 64 signed bits
+        ("1678-01-01T00:00:00+23:59", -9_214_560_000_000_000_000 - 86_340_000_000_000),
+        ("2261-12-31T23:59:59.999999999-23:59", 9_214_646_399_999_999_999 + 86_340_000_000_000),
     ],
 )
 def test_instants(text: str, expected: int) -> None:
@@ -93,6 +105,9 @@ def test_instants(text: str, expected: int) -> None:
         "2026-03-01T10:00:00+24:00",
         "20260301T100000Z",
         "0000-01-01T00:00:00Z",
+        "1677-12-31T23:59:59Z",
+        "2262-01-01T00:00:00Z",
+        "9999-12-31T23:59:59Z",
         "２026-03-01T10:00:00Z",
     ],
 )
@@ -103,7 +118,10 @@ def test_bad_timestamps(text: str) -> None:
 
 # (valid, just out of range) per field; the zone's hours and minutes are the last two
 _FIELDS: list[tuple[st.SearchStrategy[str], st.SearchStrategy[str]]] = [
-    (st.integers(1, 9999).map("{:04d}".format), st.just("0000")),
+    (
+        st.integers(FIRST_YEAR, LAST_YEAR).map("{:04d}".format),
+        st.sampled_from(["0000", "0001", f"{FIRST_YEAR - 1}", f"{LAST_YEAR + 1}", "9999"]),
+    ),
     (st.integers(1, 12).map("{:02d}".format), st.sampled_from(["00", "13", "19"])),
     (st.integers(1, 28).map("{:02d}".format), st.sampled_from(["00", "29", "30", "31", "32", "39"])),
     (st.just("T"), st.sampled_from(["t", " ", "_"])),
@@ -111,7 +129,7 @@ _FIELDS: list[tuple[st.SearchStrategy[str], st.SearchStrategy[str]]] = [
     (st.integers(0, 59).map("{:02d}".format), st.integers(60, 69).map(str)),
     (st.integers(0, 59).map("{:02d}".format), st.integers(60, 69).map(str)),
     (
-        st.text("0123456789", max_size=6).map(lambda f: f and "." + f),
+        st.text("0123456789", max_size=12).map(lambda f: f and "." + f),
         st.sampled_from([".", ".1234567", ".0000000000"]),
     ),
     (st.sampled_from(["Z", "+", "-"]), st.sampled_from(["z", "", "+", "-"])),
@@ -140,3 +158,19 @@ def _outcome(parse: object, text: str) -> int | str:
 @given(_near_timestamps())
 def test_the_fast_path_agrees_with_the_full_parser(text: str) -> None:
     assert _outcome(parse_instant, text) == _outcome(parse_rfc3339, text)
+
+
+def test_the_fast_path_knows_every_month_length() -> None:
+    """Days 28 to 32 of every month, in common, leap and century years (the property draws days 1 to 28)."""
+    for year in (1700, 1900, 2000, 2023, 2024, 2100, 2261):
+        for month in range(1, 13):
+            for day in range(28, 33):
+                text = f"{year:04d}-{month:02d}-{day:02d}T12:00:00Z"
+                assert _outcome(parse_instant, text) == _outcome(parse_rfc3339, text), text
+
+
+def test_the_published_pattern_takes_exactly_the_years_the_parser_takes() -> None:
+    pattern = re.compile(YEAR_PATTERN)
+    for year in range(10_000):
+        text = f"{year:04d}-01-01T00:00:00Z"
+        assert bool(pattern.match(text)) is (FIRST_YEAR <= year <= LAST_YEAR), year
