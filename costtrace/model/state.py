@@ -2,8 +2,10 @@
 
 The rules and the code that reads and writes state are native
 (native/src/: model.rs, store.rs, state.rs); the Structs here are the same
-values as msgspec decodes them, for tests, tools and the credits topic, and
-tests/model/test_native.py holds the two forms to each other byte for byte.
+values as msgspec decodes them, for tests, tools and the credits topic. A
+test in tests/model/test_properties.py holds the two forms to each other
+byte for byte (everything the model stores decodes here and encodes back the
+same); tests/model/test_native.py does so for records and record ids.
 
 One account's state is a header plus entries under (namespace, key), all in
 one key-value table (a map for replay, the partition's RocksDB in the fleet):

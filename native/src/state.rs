@@ -1,8 +1,8 @@
 //! Per-account state and the model's outputs, in the serialised form of
 //! `costtrace/model/state.py`: msgpack, each array-like struct an array of its
 //! fields in order, `Record` and `Rejection` maps as the contract's JSON has
-//! them. The msgspec types there decode every value written here
-//! (tests/model/test_native.py holds the two to it).
+//! them. The msgspec types there decode every value written here and encode
+//! it back to the same bytes (tests/model/test_properties.py holds them to it).
 
 use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
