@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
 NATIVE := costtrace/.native-built
+# rustup's cargo, where a non-login shell may not have it on PATH
+export PATH := $(HOME)/.cargo/bin:$(PATH)
 
 .PHONY: setup demo test lint bench
 setup: $(STAMP) $(NATIVE)
@@ -17,6 +19,7 @@ $(NATIVE): $(STAMP) native/Cargo.toml native/Cargo.lock $(wildcard native/src/*.
 
 $(STAMP): pyproject.toml
 	@$(PY) -c 'import sys; assert sys.version_info >= (3, 11), "costtrace needs Python 3.11 or newer"'
+	@command -v cargo >/dev/null || { echo "costtrace needs Rust's cargo for its native model: https://rustup.rs" >&2; exit 1; }
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip "setuptools>=69"
 	$(BIN)/pip install -q -e '.[fleet,dev]'
@@ -29,6 +32,8 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	cargo fmt --manifest-path native/Cargo.toml --check
+	cargo clippy --manifest-path native/Cargo.toml --release --quiet -- -D warnings
 
 test: lint
 	$(BIN)/pytest

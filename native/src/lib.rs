@@ -42,7 +42,10 @@ impl Table for PyTable {
 
     fn get(&mut self, key: &[u8]) -> PyResult<Option<Vec<u8>>> {
         Python::attach(|py| {
-            let value = self.table.bind(py).call_method1("get", (PyBytes::new(py, key),))?;
+            let value = self
+                .table
+                .bind(py)
+                .call_method1("get", (PyBytes::new(py, key),))?;
             if value.is_none() {
                 return Ok(None);
             }
@@ -56,7 +59,9 @@ impl Table for PyTable {
                 .iter()
                 .map(|(k, v)| PyTuple::new(py, [PyBytes::new(py, k), PyBytes::new(py, v)]))
                 .collect::<PyResult<Vec<_>>>()?;
-            self.table.bind(py).call_method1("put_all", (PyList::new(py, items)?,))?;
+            self.table
+                .bind(py)
+                .call_method1("put_all", (PyList::new(py, items)?,))?;
             Ok(())
         })
     }
@@ -87,6 +92,13 @@ struct NativeStore {
 }
 
 type Where = Option<(String, i64)>;
+
+fn at(position: &Where) -> Option<Position<'_>> {
+    position.as_ref().map(|(source, offset)| Position {
+        source,
+        offset: *offset,
+    })
+}
 
 /// Run the rules; a broken invariant (a panic) comes out as a RuntimeError, which the allocator dead-letters.
 fn guarded<R>(f: impl FnOnce() -> PyResult<R>) -> PyResult<R> {
@@ -134,7 +146,11 @@ fn outcome_tuple<'py>(py: Python<'py>, o: Outcome) -> PyResult<Bound<'py, PyTupl
             PyBytes::new(py, &line)
         })
         .collect::<Vec<_>>();
-    let credits = o.credits.iter().map(|c| PyBytes::new(py, &store::encode(c))).collect::<Vec<_>>();
+    let credits = o
+        .credits
+        .iter()
+        .map(|c| PyBytes::new(py, &store::encode(c)))
+        .collect::<Vec<_>>();
     let rejection = match &o.rejection {
         None => py.None(),
         Some(r) => (r.event_id.as_deref(), r.account_id.as_deref(), r.reason.as_str())
@@ -169,13 +185,17 @@ impl NativeStore {
     /// Replay's store: state in memory.
     #[staticmethod]
     fn memory() -> Self {
-        NativeStore { backend: Backend::Memory(Store::new(MemoryTable::default())) }
+        NativeStore {
+            backend: Backend::Memory(Store::new(MemoryTable::default())),
+        }
     }
 
     /// The fleet's store: state in `table` (`get(key)`, `put_all(writes)`); `together(size, n)` as in workers/state.py.
     #[staticmethod]
     fn table(table: Py<PyAny>, together: Py<PyAny>) -> Self {
-        NativeStore { backend: Backend::Python(Store::new(PyTable { table, together })) }
+        NativeStore {
+            backend: Backend::Python(Store::new(PyTable { table, together })),
+        }
     }
 
     #[pyo3(signature = (event, position=None, settled=None))]
@@ -186,9 +206,15 @@ impl NativeStore {
         position: Where,
         settled: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyTuple>> {
-        let ev = model::Event::from_msgpack(event).map_err(|e| PyValueError::new_err(format!("not an event: {e}")))?;
-        let pos = position.as_ref().map(|(source, offset)| Position { source, offset: *offset });
-        let outcome = on_backend!(self, store, settled, Ok(model::apply_event(store, &ev, event, pos.as_ref(), settled)?))?;
+        let ev = model::Event::from_msgpack(event)
+            .map_err(|e| PyValueError::new_err(format!("not an event: {e}")))?;
+        let pos = at(&position);
+        let outcome = on_backend!(
+            self,
+            store,
+            settled,
+            Ok(model::apply_event(store, &ev, event, pos.as_ref(), settled)?)
+        )?;
         outcome_tuple(py, outcome)
     }
 
@@ -202,9 +228,13 @@ impl NativeStore {
     ) -> PyResult<Bound<'py, PyTuple>> {
         let credit: Credit =
             rmp_serde::from_slice(credit).map_err(|e| PyValueError::new_err(format!("not a credit: {e}")))?;
-        let pos = position.as_ref().map(|(source, offset)| Position { source, offset: *offset });
-        let outcome =
-            on_backend!(self, store, settled, Ok(model::apply_credit(store, &credit, pos.as_ref(), settled)?))?;
+        let pos = at(&position);
+        let outcome = on_backend!(
+            self,
+            store,
+            settled,
+            Ok(model::apply_credit(store, &credit, pos.as_ref(), settled)?)
+        )?;
         outcome_tuple(py, outcome)
     }
 
@@ -217,12 +247,18 @@ impl NativeStore {
         position: Where,
         settled: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyTuple>> {
-        let pos = position.as_ref().map(|(source, offset)| Position { source, offset: *offset });
+        let pos = at(&position);
         let outcome = on_backend!(
             self,
             store,
             settled,
-            Ok(model::apply_archive(store, account_id, &order_ids, pos.as_ref(), settled)?)
+            Ok(model::apply_archive(
+                store,
+                account_id,
+                &order_ids,
+                pos.as_ref(),
+                settled
+            )?)
         )?;
         outcome_tuple(py, outcome)
     }
@@ -232,7 +268,8 @@ impl NativeStore {
     /// Returns (status code, the records' lines, each ending in a newline,
     /// how many, rejection or None).
     fn replay_event<'py>(&mut self, py: Python<'py>, event: &[u8]) -> PyResult<Bound<'py, PyTuple>> {
-        let ev = model::Event::from_msgpack(event).map_err(|e| PyValueError::new_err(format!("not an event: {e}")))?;
+        let ev = model::Event::from_msgpack(event)
+            .map_err(|e| PyValueError::new_err(format!("not an event: {e}")))?;
         let Backend::Memory(store) = &mut self.backend else {
             return Err(PyValueError::new_err("replay runs on a memory store"));
         };
@@ -256,7 +293,10 @@ impl NativeStore {
         })?;
         let rejection = match rejection {
             None => py.None(),
-            Some(r) => (r.event_id, r.account_id, r.reason).into_pyobject(py)?.into_any().unbind(),
+            Some(r) => (r.event_id, r.account_id, r.reason)
+                .into_pyobject(py)?
+                .into_any()
+                .unbind(),
         };
         (status_code(status), PyBytes::new(py, &lines), n, rejection).into_pyobject(py)
     }
@@ -267,7 +307,11 @@ impl NativeStore {
             return Err(PyValueError::new_err("only a memory store sums its accounts"));
         };
         let accounts = &s.table.accounts;
-        let debt = accounts.values().flat_map(|h| &h.head.debts).map(|d| d.amount as i128).sum();
+        let debt = accounts
+            .values()
+            .flat_map(|h| &h.head.debts)
+            .map(|d| d.amount as i128)
+            .sum();
         Ok((accounts.len(), debt))
     }
 
@@ -281,7 +325,10 @@ impl NativeStore {
             .accounts
             .iter()
             .map(|(a, h)| {
-                let header = store::encode(&state::Header { account: h.head.clone(), redo: Vec::new() });
+                let header = store::encode(&state::Header {
+                    account: h.head.clone(),
+                    redo: Vec::new(),
+                });
                 (a.as_str(), PyBytes::new(py, &header)).into_pyobject(py)
             })
             .collect::<PyResult<Vec<_>>>()?;

@@ -14,8 +14,7 @@ use blake2::digest::{Update, VariableOutput};
 use blake2::Blake2bVar;
 
 use crate::state::{
-    Account, BatchInfo, Credit, CreditSlice, Debt, Kept, Kind, OpenBatch, Order, Outputs, Record, Rejection,
-    Slice,
+    BatchInfo, Credit, CreditSlice, Debt, Kept, Kind, OpenBatch, Order, Outputs, Record, Rejection, Slice,
 };
 use crate::store::{AccountState, EventBytes, Store, Table};
 
@@ -38,7 +37,10 @@ pub struct Detail {
 
 impl Detail {
     fn of(text: &str, quoted: &str) -> Detail {
-        Detail { text: text.to_owned(), quoted: Some(quoted.to_owned()) }
+        Detail {
+            text: text.to_owned(),
+            quoted: Some(quoted.to_owned()),
+        }
     }
 }
 
@@ -159,7 +161,9 @@ pub fn event_key(account_id: &str, event_id: &str) -> String {
     hasher.update(account_id.as_bytes());
     hasher.update(event_id.as_bytes());
     let mut digest = [0u8; 12];
-    hasher.finalize_variable(&mut digest).expect("the buffer has the digest's size");
+    hasher
+        .finalize_variable(&mut digest)
+        .expect("the buffer has the digest's size");
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(24);
     for b in digest {
@@ -175,7 +179,10 @@ struct Rejected {
 }
 
 fn rejected(reason: &'static str, text: &str, quoted: &str) -> Rejected {
-    Rejected { reason, detail: Detail::of(text, quoted) }
+    Rejected {
+        reason,
+        detail: Detail::of(text, quoted),
+    }
 }
 
 /// One event's effect on one account: the records it makes, and the helpers that move coins.
@@ -195,7 +202,12 @@ struct Refs<'a> {
     merchant_id: Option<&'a str>,
 }
 
-const NO_REFS: Refs<'static> = Refs { order_id: None, refund_id: None, transfer_id: None, merchant_id: None };
+const NO_REFS: Refs<'static> = Refs {
+    order_id: None,
+    refund_id: None,
+    transfer_id: None,
+    merchant_id: None,
+};
 
 type Step<T> = Result<Result<(), Rejected>, <T as Table>::Error>;
 
@@ -226,7 +238,11 @@ impl<T: Table> Change<'_, T> {
     // -- batches
 
     fn add_batch(&mut self, batch_id: &str, budget_id: &str, issued_ns: i64, amount: i64) {
-        let info = BatchInfo { budget_id: budget_id.to_owned(), issued_ns, amount };
+        let info = BatchInfo {
+            budget_id: budget_id.to_owned(),
+            issued_ns,
+            amount,
+        };
         self.state.batches.set(batch_id.to_owned(), info);
         let batch = OpenBatch {
             issued_ns,
@@ -314,11 +330,20 @@ impl<T: Table> Change<'_, T> {
             let order = self.state.orders.get(self.table, &self.state.prefix, &oid)?;
             let mut order = order.unwrap_or_else(|| panic!("debt of unknown order {oid:?}"));
             let mid = order.merchant_id.clone();
-            let refs = Refs { order_id: Some(&oid), refund_id: None, transfer_id: None, merchant_id: mid.as_deref() };
+            let refs = Refs {
+                order_id: Some(&oid),
+                refund_id: None,
+                transfer_id: None,
+                merchant_id: mid.as_deref(),
+            };
             self.record(Kind::Trueup, &batch_id, &budget_id, -y, &refs);
             self.record(Kind::Trueup, SUSPENSE, SUSPENSE, y, &refs);
             order.suspense -= y;
-            order.trueups.push(Slice { batch_id, budget_id, amount: y });
+            order.trueups.push(Slice {
+                batch_id,
+                budget_id,
+                amount: y,
+            });
             self.state.orders.set(oid.clone(), order);
             let head = &mut self.state.head;
             head.debts[0].amount -= y;
@@ -347,7 +372,9 @@ impl<T: Table> Change<'_, T> {
 }
 
 fn required<'a>(field: &'a Option<String>, name: &str) -> &'a str {
-    field.as_deref().unwrap_or_else(|| panic!("a validated event has its {name}"))
+    field
+        .as_deref()
+        .unwrap_or_else(|| panic!("a validated event has its {name}"))
 }
 
 // -- the rules, one per event type; each checks everything before it changes anything
@@ -355,7 +382,11 @@ fn required<'a>(field: &'a Option<String>, name: &str) -> &'a str {
 fn issue<T: Table>(ch: &mut Change<T>, ev: &Event, kind: Kind) -> Step<T> {
     let batch_id = required(&ev.batch_id, "batch_id");
     if ch.state.batches.contains(ch.table, &ch.state.prefix, batch_id)? {
-        return Ok(Err(rejected("duplicate_batch", "batch {!r} is already on this account", batch_id)));
+        return Ok(Err(rejected(
+            "duplicate_batch",
+            "batch {!r} is already on this account",
+            batch_id,
+        )));
     }
     let budget_id = required(&ev.budget_id, "budget_id");
     ch.add_batch(batch_id, budget_id, ev.occurred_ns, ev.amount);
@@ -367,9 +398,18 @@ fn consumed<T: Table>(ch: &mut Change<T>, ev: &Event) -> Step<T> {
     let oid = required(&ev.order_id, "order_id");
     let mid = ev.merchant_id.as_deref();
     if ch.state.orders.contains(ch.table, &ch.state.prefix, oid)? {
-        return Ok(Err(rejected("duplicate_order", "order {!r} was already consumed", oid)));
+        return Ok(Err(rejected(
+            "duplicate_order",
+            "order {!r} was already consumed",
+            oid,
+        )));
     }
-    let refs = Refs { order_id: Some(oid), refund_id: None, transfer_id: None, merchant_id: mid };
+    let refs = Refs {
+        order_id: Some(oid),
+        refund_id: None,
+        transfer_id: None,
+        merchant_id: mid,
+    };
     let (taken, shortfall) = ch.take(ev.amount, Kind::Consume, &refs);
     let mut order = Order {
         amount: ev.amount,
@@ -378,7 +418,11 @@ fn consumed<T: Table>(ch: &mut Change<T>, ev: &Event) -> Step<T> {
         suspense: 0,
         consumes: taken
             .into_iter()
-            .map(|b| Slice { batch_id: b.batch_id, budget_id: b.budget_id, amount: b.remaining })
+            .map(|b| Slice {
+                batch_id: b.batch_id,
+                budget_id: b.budget_id,
+                amount: b.remaining,
+            })
             .collect(),
         trueups: Vec::new(),
         archived: false,
@@ -386,7 +430,10 @@ fn consumed<T: Table>(ch: &mut Change<T>, ev: &Event) -> Step<T> {
     if shortfall != 0 {
         ch.record(Kind::Consume, SUSPENSE, SUSPENSE, -shortfall, &refs);
         order.suspense = shortfall;
-        ch.state.head.debts.push(Debt { order_id: oid.to_owned(), amount: shortfall });
+        ch.state.head.debts.push(Debt {
+            order_id: oid.to_owned(),
+            amount: shortfall,
+        });
     }
     ch.state.orders.set(oid.to_owned(), order);
     Ok(Ok(()))
@@ -396,13 +443,25 @@ fn refunded<T: Table>(ch: &mut Change<T>, ev: &Event) -> Step<T> {
     let rid = required(&ev.refund_id, "refund_id");
     let oid = required(&ev.order_id, "order_id");
     if ch.state.refunds.contains(ch.table, &ch.state.prefix, rid)? {
-        return Ok(Err(rejected("duplicate_refund", "refund {!r} was already applied", rid)));
+        return Ok(Err(rejected(
+            "duplicate_refund",
+            "refund {!r} was already applied",
+            rid,
+        )));
     }
     let Some(mut order) = ch.state.orders.get(ch.table, &ch.state.prefix, oid)? else {
-        return Ok(Err(rejected("unknown_order", "order {!r} has not been consumed on this account", oid)));
+        return Ok(Err(rejected(
+            "unknown_order",
+            "order {!r} has not been consumed on this account",
+            oid,
+        )));
     };
     if order.archived {
-        return Ok(Err(rejected("order_archived", "order {!r} is archived: past its refund window", oid)));
+        return Ok(Err(rejected(
+            "order_archived",
+            "order {!r} is archived: past its refund window",
+            oid,
+        )));
     }
     let unrefunded = order.amount - order.refunded;
     if ev.amount > unrefunded {
@@ -413,7 +472,12 @@ fn refunded<T: Table>(ch: &mut Change<T>, ev: &Event) -> Step<T> {
         return Ok(Err(rejected("refund_exceeds_order", &text, oid)));
     }
     let mid = order.merchant_id.clone();
-    let refs = Refs { order_id: Some(oid), refund_id: Some(rid), transfer_id: None, merchant_id: mid.as_deref() };
+    let refs = Refs {
+        order_id: Some(oid),
+        refund_id: Some(rid),
+        transfer_id: None,
+        merchant_id: mid.as_deref(),
+    };
     let mut left = ev.amount;
     // last in, first out: SUSPENSE, then trueup slices, then consume slices
     if order.suspense != 0 {
@@ -450,18 +514,33 @@ fn transferred<T: Table>(ch: &mut Change<T>, ev: &Event, credit: &mut Option<Cre
     if to == ev.account_id {
         return Ok(Err(Rejected {
             reason: "self_transfer",
-            detail: Detail { text: "to_account_id equals account_id".to_owned(), quoted: None },
+            detail: Detail {
+                text: "to_account_id equals account_id".to_owned(),
+                quoted: None,
+            },
         }));
     }
     if ch.state.transfers.contains(ch.table, &ch.state.prefix, tid)? {
-        return Ok(Err(rejected("duplicate_transfer", "transfer {!r} was already applied", tid)));
+        return Ok(Err(rejected(
+            "duplicate_transfer",
+            "transfer {!r} was already applied",
+            tid,
+        )));
     }
     let stock = ch.state.head.stock();
     if stock < ev.amount as i128 {
         let text = format!("transfer of {} exceeds the open stock of {}", ev.amount, stock);
-        return Ok(Err(Rejected { reason: "insufficient_stock", detail: Detail { text, quoted: None } }));
+        return Ok(Err(Rejected {
+            reason: "insufficient_stock",
+            detail: Detail { text, quoted: None },
+        }));
     }
-    let refs = Refs { order_id: None, refund_id: None, transfer_id: Some(tid), merchant_id: None };
+    let refs = Refs {
+        order_id: None,
+        refund_id: None,
+        transfer_id: Some(tid),
+        merchant_id: None,
+    };
     let (taken, _) = ch.take(ev.amount, Kind::TransferOut, &refs);
     ch.state.transfers.set(tid.to_owned(), ev.event_id.clone());
     let slices = taken
@@ -492,8 +571,16 @@ pub trait Settled<E> {
 }
 
 /// The outputs a redelivered event gave when it was first applied.
-fn recall<T: Table>(store: &mut Store<T>, mut state: AccountState, position: &Position) -> Result<Outcome, T::Error> {
-    let slot = state.head.kept.iter().find(|k| k.offset == position.offset && k.source == position.source);
+fn recall<T: Table>(
+    store: &mut Store<T>,
+    mut state: AccountState,
+    position: &Position,
+) -> Result<Outcome, T::Error> {
+    let slot = state
+        .head
+        .kept
+        .iter()
+        .find(|k| k.offset == position.offset && k.source == position.source);
     let stored = match slot {
         Some(k) => {
             let slot = k.slot.to_string();
@@ -512,8 +599,26 @@ fn recall<T: Table>(store: &mut Store<T>, mut state: AccountState, position: &Po
     Ok(outcome)
 }
 
-fn already_read(head: &Account, position: &Position) -> bool {
-    head.marks.get(position.source).unwrap_or(-1) >= position.offset
+#[allow(clippy::large_enum_variant)] // made and taken apart once per event: boxing would only add an allocation
+enum Loaded {
+    Fresh(AccountState),
+    /// read before at this position: what it gave then
+    Read(Outcome),
+}
+
+/// The account's state, unless the fleet read this position before (then its first outputs).
+fn load<T: Table>(
+    store: &mut Store<T>,
+    account_id: &str,
+    position: Option<&Position>,
+) -> Result<Loaded, T::Error> {
+    let state = store.account(account_id)?;
+    match position {
+        Some(p) if state.head.marks.get(p.source).unwrap_or(-1) >= p.offset => {
+            Ok(Loaded::Read(recall(store, state, p)?))
+        }
+        _ => Ok(Loaded::Fresh(state)),
+    }
 }
 
 /// In the fleet, remember the position and what it gave; then hand the changes to the store.
@@ -548,7 +653,11 @@ fn finish<T: Table>(
             while head.kept.iter().any(|k| k.slot == slot) {
                 slot += 1;
             }
-            head.kept.push(Kept { source: position.source.to_owned(), offset: position.offset, slot });
+            head.kept.push(Kept {
+                source: position.source.to_owned(),
+                offset: position.offset,
+                slot,
+            });
             state.outputs.set(slot.to_string(), outcome.outputs());
         }
         changed = true;
@@ -587,12 +696,10 @@ pub fn apply_event<T: Table>(
     position: Option<&Position>,
     settled: Option<&mut dyn Settled<T::Error>>,
 ) -> Result<Outcome, T::Error> {
-    let mut state = store.account(&ev.account_id)?;
-    if let Some(p) = position {
-        if already_read(&state.head, p) {
-            return recall(store, state, p);
-        }
-    }
+    let mut state = match load(store, &ev.account_id, position)? {
+        Loaded::Fresh(state) => state,
+        Loaded::Read(outcome) => return Ok(outcome),
+    };
     if let Some(prior) = state.events.get(&mut store.table, &state.prefix, &ev.event_id)? {
         if prior.0 == fingerprint {
             let repeat = Outcome::plain(Status::Repeat, &ev.account_id);
@@ -633,7 +740,9 @@ pub fn apply_event<T: Table>(
     }
     // a sender with stock has no debt, so pay_down added nothing after the credit's seq
     assert!(credit.as_ref().is_none_or(|c| c.seq == seq));
-    state.events.set(ev.event_id.clone(), EventBytes(fingerprint.to_vec()));
+    state
+        .events
+        .set(ev.event_id.clone(), EventBytes(fingerprint.to_vec()));
     state.head.steps += 1;
     let mut outcome = Outcome::plain(Status::Applied, &ev.account_id);
     outcome.records = records;
@@ -653,15 +762,15 @@ pub fn apply_archive<T: Table>(
     position: Option<&Position>,
     settled: Option<&mut dyn Settled<T::Error>>,
 ) -> Result<Outcome, T::Error> {
-    let mut state = store.account(account_id)?;
-    if let Some(p) = position {
-        if already_read(&state.head, p) {
-            return recall(store, state, p);
-        }
-    }
+    let mut state = match load(store, account_id, position)? {
+        Loaded::Fresh(state) => state,
+        Loaded::Read(outcome) => return Ok(outcome),
+    };
     let mut changed = false;
     for oid in order_ids {
-        let Some(order) = state.orders.get(&mut store.table, &state.prefix, oid)? else { continue };
+        let Some(order) = state.orders.get(&mut store.table, &state.prefix, oid)? else {
+            continue;
+        };
         if order.archived || order.suspense != 0 {
             continue;
         }
@@ -694,12 +803,10 @@ pub fn apply_credit<T: Table>(
     settled: Option<&mut dyn Settled<T::Error>>,
 ) -> Result<Outcome, T::Error> {
     let account_id = &credit.to_account_id;
-    let mut state = store.account(account_id)?;
-    if let Some(p) = position {
-        if already_read(&state.head, p) {
-            return recall(store, state, p);
-        }
-    }
+    let mut state = match load(store, account_id, position)? {
+        Loaded::Fresh(state) => state,
+        Loaded::Read(outcome) => return Ok(outcome),
+    };
     let key = event_key(&credit.origin_account_id, &credit.event_id);
     if state.credits.contains(&mut store.table, &state.prefix, &key)? {
         let repeat = Outcome::plain(Status::Repeat, account_id);
@@ -715,7 +822,12 @@ pub fn apply_credit<T: Table>(
             event_id: credit.event_id.clone(),
             records: Vec::new(),
         };
-        let refs = Refs { order_id: None, refund_id: None, transfer_id: Some(tid), merchant_id: None };
+        let refs = Refs {
+            order_id: None,
+            refund_id: None,
+            transfer_id: Some(tid),
+            merchant_id: None,
+        };
         for sl in &credit.slices {
             let child = format!("{}/{}/{}", credit.origin_account_id, tid, sl.source_batch_id);
             let mut batch_id = child.clone();

@@ -158,8 +158,15 @@ pub enum Kind {
 }
 
 impl Kind {
-    const ALL: [Kind; 7] =
-        [Kind::Issue, Kind::Open, Kind::Consume, Kind::Trueup, Kind::Refund, Kind::TransferOut, Kind::TransferIn];
+    const ALL: [Kind; 7] = [
+        Kind::Issue,
+        Kind::Open,
+        Kind::Consume,
+        Kind::Trueup,
+        Kind::Refund,
+        Kind::TransferOut,
+        Kind::TransferIn,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -302,7 +309,10 @@ fn needs_escape(bytes: &[u8]) -> bool {
             return true;
         }
     }
-    chunks.remainder().iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\')
+    chunks
+        .remainder()
+        .iter()
+        .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
 }
 
 /// A JSON string: `"` and `\\` escaped, control characters as msgspec (and RFC 8259) write them.
@@ -370,7 +380,11 @@ impl<'de> Deserialize<'de> for Rejection {
             reason: String,
         }
         let w = Wire::deserialize(deserializer)?;
-        Ok(Rejection { event_id: w.event_id, account_id: w.account_id, reason: w.reason })
+        Ok(Rejection {
+            event_id: w.event_id,
+            account_id: w.account_id,
+            reason: w.reason,
+        })
     }
 }
 

@@ -145,11 +145,21 @@ pub struct Entries<V> {
 
 impl<V: Value> Entries<V> {
     fn new(ns: u8) -> Self {
-        Entries { ns, held: None, read: Vec::new(), written: Vec::new() }
+        Entries {
+            ns,
+            held: None,
+            read: Vec::new(),
+            written: Vec::new(),
+        }
     }
 
     fn of_held(ns: u8, map: FxHashMap<String, V>) -> Self {
-        Entries { ns, held: Some(map), read: Vec::new(), written: Vec::new() }
+        Entries {
+            ns,
+            held: Some(map),
+            read: Vec::new(),
+            written: Vec::new(),
+        }
     }
 
     fn into_held(self) -> FxHashMap<String, V> {
@@ -221,7 +231,11 @@ pub struct Store<T> {
 
 impl<T: Table> Store<T> {
     pub fn new(table: T) -> Self {
-        Store { table, repaired: HashSet::new(), created: 0 }
+        Store {
+            table,
+            repaired: HashSet::new(),
+            created: 0,
+        }
     }
 
     /// After a rebalance, recovery may have restored another worker's cut-off event.
@@ -263,7 +277,11 @@ impl<T: Table> Store<T> {
             Some(raw) => {
                 let header: Header = decode("header", &raw)?;
                 if !header.redo.is_empty() && !self.repaired.contains(account_id) {
-                    let redo = header.redo.into_iter().map(|(k, v)| (k.into_vec(), v.into_vec())).collect();
+                    let redo = header
+                        .redo
+                        .into_iter()
+                        .map(|(k, v)| (k.into_vec(), v.into_vec()))
+                        .collect();
                     self.table.put_all(redo)?;
                 }
                 header.account
@@ -337,7 +355,10 @@ impl<T: Table> Store<T> {
         }
         let mut key = vec![HEADER];
         key.extend_from_slice(p);
-        let mut header = Header { account: state.head, redo: Vec::new() };
+        let mut header = Header {
+            account: state.head,
+            redo: Vec::new(),
+        };
         let alone = encode(&header);
         let size = key.len() + alone.len() + writes.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
         let value = if self.table.together(size, writes.len() + 1)? {
@@ -345,7 +366,12 @@ impl<T: Table> Store<T> {
         } else {
             header.redo = writes
                 .iter()
-                .map(|(k, v)| (serde_bytes::ByteBuf::from(k.clone()), serde_bytes::ByteBuf::from(v.clone())))
+                .map(|(k, v)| {
+                    (
+                        serde_bytes::ByteBuf::from(k.clone()),
+                        serde_bytes::ByteBuf::from(v.clone()),
+                    )
+                })
                 .collect();
             encode(&header)
         };
@@ -364,7 +390,10 @@ pub struct MemoryTable<E> {
 
 impl<E> Default for MemoryTable<E> {
     fn default() -> Self {
-        MemoryTable { accounts: FxHashMap::default(), error: PhantomData }
+        MemoryTable {
+            accounts: FxHashMap::default(),
+            error: PhantomData,
+        }
     }
 }
 
@@ -381,7 +410,13 @@ impl<E> MemoryTable<E> {
             let prefix = account_prefix(account_id);
             let mut key = vec![HEADER];
             key.extend_from_slice(&prefix);
-            out.push((key, encode(&Header { account: h.head.clone(), redo: Vec::new() })));
+            out.push((
+                key,
+                encode(&Header {
+                    account: h.head.clone(),
+                    redo: Vec::new(),
+                }),
+            ));
             entries(&mut out, BATCH, &prefix, &h.batches);
             entries(&mut out, ORDER, &prefix, &h.orders);
             entries(&mut out, EVENT, &prefix, &h.events);
