@@ -1,8 +1,10 @@
-//! Where per-account state lives: one key-value table, bytes in and bytes out.
+//! Where per-account state lives, and how an event reads and writes it.
 //!
-//! Replay's table is a map in memory; the fleet's is the partition's RocksDB
-//! (workers/state.py), whose changelog a crash may cut. Both go through the
-//! same code here, so state is laid out, read and written one way only:
+//! The fleet's table is the partition's RocksDB (workers/state.py), bytes in
+//! and bytes out, whose changelog a crash may cut; replay's is a map in
+//! memory that holds each account's values as they are (`Held`: nothing to
+//! encode or decode). The rules see both through the same `AccountState`
+//! and `Entries`. In the table:
 //! - keys: `h{len}:{account}` for the header, `{ns}{len}:{account}{key}` for
 //!   an entry (`len` in bytes keeps accounts apart whatever their ids hold);
 //! - an event's writes go out as one group, header first. If the table says
@@ -12,11 +14,10 @@
 //!   which completes an event a crash cut off.
 
 use std::collections::HashSet;
-
-use rustc_hash::FxHashMap;
 use std::fmt;
 use std::marker::PhantomData;
 
+use rustc_hash::FxHashMap;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -43,6 +44,10 @@ pub trait Table {
 }
 
 /// One account in memory: its header and entries as values.
+///
+/// Taken out of the map while an event runs and put back after; a panic (a
+/// bug, never input) in between leaves the account empty, and replay stops
+/// on it anyway. The fleet's table is written only at commit.
 #[derive(Default)]
 pub struct Held {
     pub head: Account,
