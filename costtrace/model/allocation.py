@@ -44,7 +44,7 @@ class Status(StrEnum):
 _STATUSES: Final = (Status.APPLIED, Status.REPEAT, Status.REJECTED, Status.REDELIVERED)
 _record_decoder: Final = msgspec.json.Decoder(Record)
 _credit_decoder: Final = msgspec.msgpack.Decoder(Credit)
-_event_encoder: Final = msgspec.msgpack.Encoder()
+_msgpack: Final = msgspec.msgpack.Encoder()  # events and credits, as the native model reads them
 
 
 class Outcome:
@@ -116,7 +116,7 @@ def apply_event(
         # depends on the payload alone, so a redelivery gives the same answer
         rej = rejection(ev.event_id, ev.account_id, Reason.INVALID_EVENT)
         return Outcome(Status.REJECTED, ev.account_id, [], [], rej, ev.detail)
-    native = store.native.apply_event(_event_encoder.encode(ev), _where(position), settled)
+    native = store.native.apply_event(_msgpack.encode(ev), _where(position), settled)
     return _outcome(native)
 
 
@@ -129,7 +129,7 @@ def replay_event(store: MemoryStore, raw: bytes | str) -> tuple[Status, bytes, i
     ev = parse_event(raw)
     if isinstance(ev, Invalid):
         return Status.REJECTED, b"", 0, rejection(ev.event_id, ev.account_id, Reason.INVALID_EVENT)
-    status, lines, n, rej = store.native.replay_event(_event_encoder.encode(ev))
+    status, lines, n, rej = store.native.replay_event(_msgpack.encode(ev))
     return _STATUSES[status], lines, n, None if rej is None else rejection(rej[0], rej[1], Reason(rej[2]))
 
 
@@ -143,7 +143,7 @@ def apply_credit(
     batch of that id (only possible if a producer issued one of that form),
     the first free `#2`, `#3`, ... suffix is used, so the coins are never lost.
     """
-    blob = credit if isinstance(credit, bytes) else _event_encoder.encode(credit)
+    blob = credit if isinstance(credit, bytes) else _msgpack.encode(credit)
     return _outcome(store.native.apply_credit(blob, _where(position), settled))
 
 
