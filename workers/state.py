@@ -115,7 +115,6 @@ class TableStore:
     """
 
     def __init__(self, table: Table, together: Callable[[int, int], bool] | None = None) -> None:
-        self.table = table
         self.native = NativeStore.table(table, together or (lambda size, records: False))
 
     def forget_repairs(self) -> None:

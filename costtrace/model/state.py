@@ -202,10 +202,6 @@ def account_prefix(account_id: str) -> bytes:
     return b"%d:%s" % (len(encoded), encoded)
 
 
-def namespace_byte(ns: Namespace) -> bytes:
-    return bytes([ord("0") + int(ns)])
-
-
 class Store(Protocol):
     """Where per-account state lives: in memory for replay, a RocksDB table in the fleet.
 
@@ -244,9 +240,9 @@ class MemoryStore:
     def __init__(self) -> None:
         self.native = NativeStore.memory()
 
-    def items(self, prefix: bytes = b"") -> list[tuple[bytes, bytes]]:
-        """Every (table key, value) under `prefix`, as the fleet's table would hold them."""
-        return self.native.items(prefix)
+    def items(self, account_id: str | None = None) -> list[tuple[bytes, bytes]]:
+        """Every (table key, value), or one account's, as the fleet's table would hold them."""
+        return self.native.items(account_id)
 
     def accounts(self) -> dict[str, Account]:
         """Headers of every account with any state (an account seen only in rejections has none)."""
@@ -258,13 +254,15 @@ class MemoryStore:
 
     def account(self, account_id: str) -> AccountView:
         """The account's state, decoded (empty if it has none)."""
-        prefix = account_prefix(account_id)
-        header = self.native.items(HEADER_PREFIX + prefix)
-        head = Account() if not header else decode_header(header[0][1]).account
-        entries: dict[Namespace, dict[str, Any]] = {}
-        for ns in Namespace:
-            start = namespace_byte(ns) + prefix
-            entries[ns] = {k[len(start) :].decode(): decode_value(ns, v) for k, v in self.native.items(start)}
+        skip = 1 + len(account_prefix(account_id))  # the namespace byte and `{len}:{account}`
+        head = Account()
+        entries: dict[Namespace, dict[str, Any]] = {ns: {} for ns in Namespace}
+        for key, value in self.native.items(account_id):
+            if key.startswith(HEADER_PREFIX):
+                head = decode_header(value).account
+            else:
+                ns = Namespace(key[0] - ord("0"))
+                entries[ns][key[skip:].decode()] = decode_value(ns, value)
         return AccountView(head, entries)
 
 

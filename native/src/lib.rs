@@ -22,7 +22,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 
 use model::{Outcome, Position, Settled, Status};
-use state::Credit;
+use state::{Credit, Rejection};
 use store::{MemoryTable, StateError, Store, Table, Write};
 
 impl From<StateError> for PyErr {
@@ -135,6 +135,25 @@ fn status_code(status: Status) -> u8 {
     }
 }
 
+/// (event_id, account_id, reason), or None.
+fn rejection_tuple(py: Python<'_>, rejection: Option<&Rejection>) -> PyResult<Py<PyAny>> {
+    Ok(match rejection {
+        None => py.None(),
+        Some(r) => (r.event_id.as_deref(), r.account_id.as_deref(), r.reason.as_str())
+            .into_pyobject(py)?
+            .into_any()
+            .unbind(),
+    })
+}
+
+/// Records as JSON lines, each ending in a newline (replay's output).
+fn write_lines(records: &[state::Record], out: &mut Vec<u8>) {
+    for r in records {
+        r.write_json(out);
+        out.push(b'\n');
+    }
+}
+
 /// (status, account_id, record JSON lines, credit msgpacks, rejection or None, detail or None, step)
 fn outcome_tuple<'py>(py: Python<'py>, o: Outcome) -> PyResult<Bound<'py, PyTuple>> {
     let records = o
@@ -151,13 +170,7 @@ fn outcome_tuple<'py>(py: Python<'py>, o: Outcome) -> PyResult<Bound<'py, PyTupl
         .iter()
         .map(|c| PyBytes::new(py, &store::encode(c)))
         .collect::<Vec<_>>();
-    let rejection = match &o.rejection {
-        None => py.None(),
-        Some(r) => (r.event_id.as_deref(), r.account_id.as_deref(), r.reason.as_str())
-            .into_pyobject(py)?
-            .into_any()
-            .unbind(),
-    };
+    let rejection = rejection_tuple(py, o.rejection.as_ref())?;
     let detail = match &o.detail {
         None => py.None(),
         Some(d) => {
@@ -277,27 +290,15 @@ impl NativeStore {
             let o = model::apply_event(store, &ev, event, None, None)?;
             let mut lines = Vec::with_capacity(512);
             let mut n = o.records.len();
-            for r in &o.records {
-                r.write_json(&mut lines);
-                lines.push(b'\n');
-            }
+            write_lines(&o.records, &mut lines);
             for c in &o.credits {
                 let received = model::apply_credit(store, c, None, None)?;
                 n += received.records.len();
-                for r in &received.records {
-                    r.write_json(&mut lines);
-                    lines.push(b'\n');
-                }
+                write_lines(&received.records, &mut lines);
             }
             Ok((o.status, lines, n, o.rejection))
         })?;
-        let rejection = match rejection {
-            None => py.None(),
-            Some(r) => (r.event_id, r.account_id, r.reason)
-                .into_pyobject(py)?
-                .into_any()
-                .unbind(),
-        };
+        let rejection = rejection_tuple(py, rejection.as_ref())?;
         (status_code(status), PyBytes::new(py, &lines), n, rejection).into_pyobject(py)
     }
 
@@ -324,13 +325,7 @@ impl NativeStore {
             .table
             .accounts
             .iter()
-            .map(|(a, h)| {
-                let header = store::encode(&state::Header {
-                    account: h.head.clone(),
-                    redo: Vec::new(),
-                });
-                (a.as_str(), PyBytes::new(py, &header)).into_pyobject(py)
-            })
+            .map(|(a, h)| (a.as_str(), PyBytes::new(py, &h.header())).into_pyobject(py))
             .collect::<PyResult<Vec<_>>>()?;
         PyList::new(py, items)
     }
@@ -352,17 +347,16 @@ impl NativeStore {
         }
     }
 
-    /// Every (key, value) of a memory store whose key starts with `prefix` (tests, and replay's summary).
-    #[pyo3(signature = (prefix=b"".as_slice()))]
-    fn items<'py>(&self, py: Python<'py>, prefix: &[u8]) -> PyResult<Bound<'py, PyList>> {
+    /// Every (key, value) of a memory store, or of one account in it, as the fleet's table would hold them.
+    #[pyo3(signature = (account_id=None))]
+    fn items<'py>(&self, py: Python<'py>, account_id: Option<&str>) -> PyResult<Bound<'py, PyList>> {
         let Backend::Memory(s) = &self.backend else {
             return Err(PyValueError::new_err("only a memory store lists its items"));
         };
         let items = s
             .table
-            .items()
+            .items(account_id)
             .iter()
-            .filter(|(k, _)| k.starts_with(prefix))
             .map(|(k, v)| PyTuple::new(py, [PyBytes::new(py, k), PyBytes::new(py, v)]))
             .collect::<PyResult<Vec<_>>>()?;
         PyList::new(py, items)

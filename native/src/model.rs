@@ -42,6 +42,10 @@ impl Detail {
             quoted: Some(quoted.to_owned()),
         }
     }
+
+    fn plain(text: String) -> Detail {
+        Detail { text, quoted: None }
+    }
 }
 
 /// What applying one event (or credit) gave.
@@ -287,8 +291,7 @@ impl<T: Table> Change<'_, T> {
         let mut taken = Vec::new();
         let mut left = amount;
         let mut spent = 0;
-        let open = std::mem::take(&mut self.state.head.open);
-        let mut open = open;
+        let mut open = std::mem::take(&mut self.state.head.open);
         for b in open.iter_mut() {
             let take = b.remaining.min(left);
             self.record(kind, &b.batch_id, &b.budget_id, -take, refs);
@@ -514,10 +517,7 @@ fn transferred<T: Table>(ch: &mut Change<T>, ev: &Event, credit: &mut Option<Cre
     if to == ev.account_id {
         return Ok(Err(Rejected {
             reason: "self_transfer",
-            detail: Detail {
-                text: "to_account_id equals account_id".to_owned(),
-                quoted: None,
-            },
+            detail: Detail::plain("to_account_id equals account_id".to_owned()),
         }));
     }
     if ch.state.transfers.contains(ch.table, &ch.state.prefix, tid)? {
@@ -532,7 +532,7 @@ fn transferred<T: Table>(ch: &mut Change<T>, ev: &Event, credit: &mut Option<Cre
         let text = format!("transfer of {} exceeds the open stock of {}", ev.amount, stock);
         return Ok(Err(Rejected {
             reason: "insufficient_stock",
-            detail: Detail { text, quoted: None },
+            detail: Detail::plain(text),
         }));
     }
     let refs = Refs {

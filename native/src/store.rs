@@ -273,15 +273,15 @@ impl<T: Table> Store<T> {
                 new,
             });
         }
-        let mut key = vec![HEADER];
-        key.extend_from_slice(&prefix);
-        let raw = self.table.get(&key)?;
+        let raw = self.table.get(&key_of(HEADER, &prefix, ""))?;
         let new = raw.is_none();
+        // the first load of the account in this process
+        let first = !self.repaired.contains(account_id);
         let head = match raw {
             None => Account::default(),
             Some(raw) => {
                 let header: Header = decode("header", &raw)?;
-                if !header.redo.is_empty() && !self.repaired.contains(account_id) {
+                if first && !header.redo.is_empty() {
                     let redo = header
                         .redo
                         .into_iter()
@@ -292,7 +292,7 @@ impl<T: Table> Store<T> {
                 header.account
             }
         };
-        if !self.repaired.contains(account_id) {
+        if first {
             self.repaired.insert(account_id.to_owned());
         }
         Ok(AccountState {
@@ -339,10 +339,10 @@ impl<T: Table> Store<T> {
 
     /// Keep what one event changed: its writes as one group, header first.
     pub fn commit(&mut self, state: AccountState) -> Result<(), T::Error> {
+        if state.new {
+            self.created += 1;
+        }
         if self.table.held().is_some() {
-            if state.new {
-                self.created += 1;
-            }
             self.hold(state);
             return Ok(());
         }
@@ -355,11 +355,7 @@ impl<T: Table> Store<T> {
         state.transfers.table_writes(p, &mut writes);
         state.credits.table_writes(p, &mut writes);
         state.outputs.table_writes(p, &mut writes);
-        if state.new {
-            self.created += 1;
-        }
-        let mut key = vec![HEADER];
-        key.extend_from_slice(p);
+        let key = key_of(HEADER, p, "");
         let mut header = Header {
             account: state.head,
             redo: Vec::new(),
@@ -402,26 +398,32 @@ impl<E> Default for MemoryTable<E> {
     }
 }
 
+impl Held {
+    /// The header's value, as the fleet's table holds it when no redo log is needed.
+    pub fn header(&self) -> Vec<u8> {
+        encode(&Header {
+            account: self.head.clone(),
+            redo: Vec::new(),
+        })
+    }
+}
+
 impl<E> MemoryTable<E> {
-    /// Every (key, value) the fleet's table would hold for this state, for tests and summaries.
-    pub fn items(&self) -> Vec<Write> {
+    /// Every (key, value) the fleet's table would hold for this state (one account's, or all), for tests.
+    pub fn items(&self, account: Option<&str>) -> Vec<Write> {
         fn entries<V: Value>(out: &mut Vec<Write>, ns: u8, prefix: &[u8], map: &FxHashMap<String, V>) {
             for (k, v) in map {
                 out.push((key_of(ns, prefix, k), v.to_bytes()));
             }
         }
         let mut out = Vec::new();
-        for (account_id, h) in &self.accounts {
+        let accounts: Vec<(&String, &Held)> = match account {
+            Some(a) => self.accounts.get_key_value(a).into_iter().collect(),
+            None => self.accounts.iter().collect(),
+        };
+        for (account_id, h) in accounts {
             let prefix = account_prefix(account_id);
-            let mut key = vec![HEADER];
-            key.extend_from_slice(&prefix);
-            out.push((
-                key,
-                encode(&Header {
-                    account: h.head.clone(),
-                    redo: Vec::new(),
-                }),
-            ));
+            out.push((key_of(HEADER, &prefix, ""), h.header()));
             entries(&mut out, BATCH, &prefix, &h.batches);
             entries(&mut out, ORDER, &prefix, &h.orders);
             entries(&mut out, EVENT, &prefix, &h.events);
