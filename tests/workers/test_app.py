@@ -12,8 +12,9 @@ from unittest.mock import ANY
 from faust.types import TP
 from mode import Service
 from mode.services import WaitResults
+from mode.utils.queues import FlowControlEvent, ThrowableQueue
 
-from workers.app import ConsumerGuards, fast_hand_over
+from workers.app import ConsumerGuards, StreamRoom, fast_hand_over
 
 STREAM, OTHER, CHANGELOG = TP("p.issued", 0), TP("p.issued", 1), TP("app-state-changelog", 0)
 
@@ -89,7 +90,7 @@ async def test_stream_partitions_the_group_never_committed_are_read_again_from_t
 class Fetching(Service):
     """A mode service with a consumer's `suspend_flow`; counts the calls of mode's own `wait_first`."""
 
-    def __init__(self) -> None:
+    def __init__(self, room: StreamRoom | None = None) -> None:
         super().__init__()
         self.suspend_flow = asyncio.Event()
         self.slow_paths = 0
@@ -100,7 +101,7 @@ class Fetching(Service):
             return await slow(*coros, timeout=timeout)
 
         self.wait_first = counted  # type: ignore[method-assign]
-        fast_hand_over(self)
+        fast_hand_over(self, room)
 
 
 async def test_a_hand_over_that_finishes_at_once_takes_no_task_and_closes_the_flow_wait() -> None:
@@ -178,3 +179,67 @@ async def test_a_failing_hand_over_raises_on_either_path() -> None:
         else:
             raise AssertionError("the hand-over's error was lost")
     assert consumer.slow_paths == 1
+
+
+def _stream_queue(maxsize: int) -> Any:
+    """A queue as faust gives a stream (mode's, with its pressure marks: drop at 40%)."""
+    return ThrowableQueue(maxsize=maxsize, flow_control=FlowControlEvent())
+
+
+async def test_a_full_stream_queue_takes_hand_overs_again_only_once_drained_to_its_drop_mark() -> None:
+    room = StreamRoom()
+    consumer = Fetching(room)
+    queue = _stream_queue(10)  # drop mark: 4
+    room.watch(queue)
+    for i in range(10):
+        queue.put_nowait(i)
+
+    async def put(value: int) -> str:
+        queue.put_nowait(value)  # as faust's on_message, once there is room
+        return "put"
+
+    waiting = asyncio.ensure_future(consumer.wait_first(put(10), consumer.suspend_flow.wait()))
+    await asyncio.sleep(0.005)
+    assert not waiting.done()
+    taken = []
+    for _ in range(5):  # one slot free would do for a plain queue; the room waits for more
+        taken.append(queue.get_nowait())
+        await asyncio.sleep(0.005)
+        assert not waiting.done()
+    taken.append(queue.get_nowait())  # 4 left: drained
+    got = await asyncio.wait_for(waiting, 1)
+    assert got.results == ["put"] and not got.stopped
+    assert taken == list(range(6)) and queue.qsize() == 5
+    assert consumer.slow_paths == 1  # the one wait for room; the hand-over itself on the fast path
+
+    # with room left, the next hand-overs go straight through
+    for value in (11, 12, 13):
+        assert (await consumer.wait_first(put(value), consumer.suspend_flow.wait())).results == ["put"]
+    assert consumer.slow_paths == 1
+
+
+async def test_a_hand_over_waiting_for_room_is_dropped_unrun_when_the_flow_is_suspended() -> None:
+    room = StreamRoom()
+    consumer = Fetching(room)
+    queue = _stream_queue(4)
+    room.watch(queue)
+    for i in range(4):
+        queue.put_nowait(i)
+    ran: list[int] = []
+
+    async def put(value: int) -> None:
+        ran.append(value)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        waiting = asyncio.ensure_future(consumer.wait_first(put(4), consumer.suspend_flow.wait()))
+        await asyncio.sleep(0.01)
+        consumer.suspend_flow.set()  # a rebalance starts while the queue is full
+        got = await asyncio.wait_for(waiting, 1)
+        gc.collect()
+    assert got.results == [True] and ran == []
+    assert not [w for w in caught if "never awaited" in str(w.message)]
+    queue.clear()  # faust clears the stream queues; after the rebalance the room is there again
+    consumer.suspend_flow.clear()
+    assert (await consumer.wait_first(put(5), consumer.suspend_flow.wait())).results == [None]
+    assert ran == [5]

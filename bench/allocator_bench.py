@@ -1,0 +1,155 @@
+"""The allocator's own work per event, without Kafka: what the agent does between faust and the sockets.
+
+The fleet benchmark's backlog (same generator, seed and accounts) goes
+through the agent's per-event steps on a real RocksDB partition DB (write-ahead
+log off, as in the fleet): `Message`, `Allocator.handle`, the metrics, and
+the outbox's record batches (handed to a producer that keeps nothing). Two
+configurations side by side in one run, alternating: the store keeping what
+it knows of accounts between events (the default), and reading every account
+from RocksDB (`account_cache_bytes=0`). Best of `--repeat`. For figures that
+do not move with the machine's load, run one configuration under callgrind:
+
+    python -m bench.allocator_bench [--events N] [--accounts N] [--repeat K] [--only keep|read]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from rocksdict import Options, Rdict, WriteOptions
+
+from costtrace.sample import encode_event, generate_events
+from schemas.events import EVENT_TYPES
+from workers.allocator import Allocator, Message
+from workers.metrics import Metrics
+from workers.outbox import Outbox, fits_one_batch, partition_for
+from workers.settings import Settings
+from workers.state import PartitionTable, TableStore
+
+PARTITIONS = 8
+CHANGELOG = "state-changelog"
+
+
+class _Delivered:
+    def __init__(self, offset: int) -> None:
+        self.offset = offset
+
+
+class _Producer:
+    """Record batches as the fleet's producer builds them; sending one only says it was delivered."""
+
+    def __init__(self, batch_bytes: int) -> None:
+        self._builder = AIOKafkaProducer(max_batch_size=batch_bytes)  # never started: builds batches only
+
+    def create_batch(self) -> Any:
+        return self._builder.create_batch()
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        return set(range(PARTITIONS))
+
+    async def send_batch(self, builder: Any, topic: str, *, partition: int) -> asyncio.Future[_Delivered]:
+        done: asyncio.Future[_Delivered] = asyncio.get_running_loop().create_future()
+        done.set_result(_Delivered(0))
+        return done
+
+
+class _Message:
+    """The attributes of a faust message the allocator reads."""
+
+    __slots__ = ("headers", "key", "offset", "partition", "timestamp", "topic", "value")
+
+    def __init__(self, topic: str, partition: int, offset: int, key: bytes, value: bytes) -> None:
+        self.topic, self.partition, self.offset, self.key, self.value = topic, partition, offset, key, value
+        self.timestamp = 1767225600.0
+        self.headers: list[tuple[str, bytes]] = []
+
+
+def _messages(n_events: int, n_accounts: int) -> list[_Message]:
+    """The backlog as the allocator reads it: each event on its type's topic, in its account's partition."""
+    topics = {str(cls.__struct_config__.tag) for cls in EVENT_TYPES}
+    offsets: dict[tuple[str, int], int] = {}
+    out = []
+    for event in generate_events(n_events, n_accounts, seed=2, skew=1.0):
+        line = encode_event(event)
+        kind = event.get("type") if isinstance(event.get("type"), str) else None
+        topic = f"costtrace.{kind if kind in topics else 'issued'}"
+        account = event.get("account_id")
+        key = account.encode() if isinstance(account, str) else b"?"
+        p = partition_for(key, PARTITIONS)
+        offset = offsets[topic, p] = offsets.get((topic, p), -1) + 1
+        out.append(_Message(topic, p, offset, key, line))
+    return out
+
+
+async def _run(messages: list[_Message], folder: Path, known_bytes: int, linger_every: int) -> float:
+    """Seconds for the agent's per-event work on every message (credits are left on the outbox)."""
+    settings = Settings()
+    options = Options(raw_mode=True)
+    write = WriteOptions()
+    write.disable_wal = True  # type: ignore[assignment]
+    dbs = {}
+    for p in range(PARTITIONS):
+        dbs[p] = Rdict(str(folder / str(p)), options=options)
+        dbs[p].set_write_options(write)
+    local = PartitionTable(dbs.__getitem__)
+    batch = settings.producer_batch_bytes
+    store = TableStore(local, lambda size, records: fits_one_batch(size, records, batch), known_bytes)
+    allocator = Allocator(store, "costtrace.credits", "costtrace.allocations", "costtrace.dead-letters")
+    metrics = Metrics()
+    outbox = Outbox(_Producer(batch), CHANGELOG, lambda exc: None, batch_bytes=batch)
+    await outbox.learn(["costtrace.credits", "costtrace.allocations", "costtrace.dead-letters"])
+    start = time.perf_counter()
+    for i, m in enumerate(messages):
+        local.use(m.partition)
+        msg = Message.of(m)
+        handled = allocator.handle(msg)
+        metrics.count(handled, msg.attempt)
+        if local.pending:
+            for group in local.pending:
+                outbox.add_together(CHANGELOG, group, m.partition)
+            local.pending = []
+        for out in handled.outputs:
+            outbox.add(out.topic, out.key, out.value, out.headers)
+        if i % linger_every == 0:
+            await outbox.hand_over()
+    await outbox.hand_over()
+    seconds = time.perf_counter() - start
+    for db in dbs.values():
+        db.close()
+    return seconds
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--events", type=int, default=60_000)
+    ap.add_argument("--accounts", type=int, default=6_000)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--only", choices=["keep", "read"])
+    args = ap.parse_args()
+    messages = _messages(args.events, args.accounts)
+    configs = {"keep": Settings().account_cache_bytes, "read": 0}
+    if args.only:
+        configs = {args.only: configs[args.only]}
+    best: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.repeat):
+            for name, known in configs.items():
+                # the fleet hands over every 25 ms: about 150 events at its rate
+                t = asyncio.run(_run(messages, Path(tmp) / f"{name}{r}", known, 150))
+                best[name] = min(best.get(name, t), t)
+    n = len(messages)
+    print(f"{n:,} events over {args.accounts:,} accounts, {PARTITIONS} partitions; best of {args.repeat}")
+    print(f"{'':44s}{'events/s':>10s}{'µs/event':>10s}")
+    labels = {"keep": "accounts kept between events (default)", "read": "every account read from RocksDB"}
+    for name, t in best.items():
+        print(f"{labels[name]:44s}{n / t:10,.0f}{t / n * 1e6:10.1f}")
+
+
+if __name__ == "__main__":
+    main()
