@@ -1,9 +1,10 @@
 """The allocator's own work per event, without Kafka: what the agent does between faust and the sockets.
 
 The fleet benchmark's backlog (same generator, seed and accounts) goes
-through the agent's per-event steps on a real RocksDB partition DB (write-ahead
-log off, as in the fleet): `Message`, `Allocator.handle`, the metrics, and
-the outbox's record batches (handed to a producer that keeps nothing). Two
+through the agent's own step (`workers.app.AllocatorStep`: the model, the
+metrics, the outbox's record batches, handed over every 150 events to a
+producer that keeps nothing) on real RocksDB partition DBs (write-ahead log
+off, as in the fleet). Two
 configurations side by side in one run, alternating: the store keeping what
 it knows of accounts between events (the default), and reading every account
 from RocksDB (`account_cache_bytes=0`). Best of `--repeat`. For figures that
@@ -26,11 +27,12 @@ from rocksdict import Options, Rdict, WriteOptions
 
 from costtrace.sample import encode_event, generate_events
 from schemas.events import EVENT_TYPES
-from workers.allocator import Allocator, Message
+from workers.allocator import Allocator
+from workers.app import AllocatorStep, Committed
 from workers.metrics import Metrics
 from workers.outbox import Outbox, fits_one_batch, partition_for
 from workers.settings import Settings
-from workers.state import PartitionTable, TableStore
+from workers.state import AccountsHeld, PartitionTable, TableStore
 
 PARTITIONS = 8
 CHANGELOG = "state-changelog"
@@ -101,21 +103,15 @@ async def _run(messages: list[_Message], folder: Path, known_bytes: int, linger_
     batch = settings.producer_batch_bytes
     store = TableStore(local, lambda size, records: fits_one_batch(size, records, batch), known_bytes)
     allocator = Allocator(store, "costtrace.credits", "costtrace.allocations", "costtrace.dead-letters")
-    metrics = Metrics()
     outbox = Outbox(_Producer(batch), CHANGELOG, lambda exc: None, batch_bytes=batch)
     await outbox.learn(["costtrace.credits", "costtrace.allocations", "costtrace.dead-letters"])
+    nothing_settled = Committed({}, {})
+    step = AllocatorStep(
+        local, store, allocator, Metrics(), outbox, CHANGELOG, AccountsHeld(None), lambda p: nothing_settled
+    )
     start = time.perf_counter()
     for i, m in enumerate(messages):
-        local.use(m.partition)
-        msg = Message.of(m)
-        handled = allocator.handle(msg)
-        metrics.count(handled, msg.attempt)
-        if local.pending:
-            for group in local.pending:
-                outbox.add_together(CHANGELOG, group, m.partition)
-            local.pending = []
-        for out in handled.outputs:
-            outbox.add(out.topic, out.key, out.value, out.headers)
+        step(m)
         if i % linger_every == 0:
             await outbox.hand_over()
     await outbox.hand_over()

@@ -5,7 +5,14 @@ from typing import Any
 # (status code, account_id, record JSON lines, credit msgpacks, (event_id, account_id, reason) | None,
 #  detail | None, step)
 NativeOutcome = tuple[
-    int, str | None, list[bytes], list[bytes], tuple[str | None, str | None, str] | None, str | None, int
+    int,
+    str | None,
+    list[bytes],
+    list[bytes],
+    tuple[str | None, str | None, str] | None,
+    str | None,
+    int,
+    tuple[str, ...],
 ]
 
 class NativeStore:

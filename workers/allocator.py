@@ -177,7 +177,7 @@ class Allocator:
             detail = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"
             rej = Rejection(None, Kind.REJECTED.value, None, PROCESSING_ERROR)
             outcome = Outcome(Status.REJECTED, None, [], [], rej, detail)
-        return Handled(outcome, self._outputs(outcome, msg, occurred_ms), event_type, occurred_ms)
+        return Handled(outcome, self._outputs(outcome, msg, position, occurred_ms), event_type, occurred_ms)
 
     def _apply(
         self, msg: Message, ev: Event | Invalid, position: Position, settled: Settled | None
@@ -194,9 +194,11 @@ class Allocator:
             )
         return apply_event(self.store, ev, position, settled)
 
-    def _outputs(self, outcome: Outcome, msg: Message, occurred_ms: int | None) -> list[Output]:
+    def _outputs(
+        self, outcome: Outcome, msg: Message, position: Position, occurred_ms: int | None
+    ) -> list[Output]:
         out: list[Output] = []
-        source = msg.position.key.encode()
+        source = position.key.encode()
         headers = [
             ("costtrace-step", str(outcome.step).encode()),
             ("costtrace-source", source),

@@ -32,6 +32,7 @@ from faust.types import TP
 from mode.services import WaitResults
 from redis.exceptions import RedisError
 
+from costtrace.model.state import Settled
 from topics.catalogue import Catalogue, catalogue
 from workers.allocator import Allocator, Message, StopOnSendError
 from workers.metrics import Health, Metrics, lag_of, serve
@@ -431,6 +432,49 @@ class Committed:
 # records the allocator lets wait for a hand-over before it waits itself
 MAX_WAITING = 20_000
 
+
+class AllocatorStep:
+    """What the allocator's agent does with each message (`bench.allocator_bench` runs it without faust).
+
+    The model on the message's partition (RocksDB) and the metrics, then the
+    outbox: the changelog records of the event's state, then its outputs.
+    """
+
+    def __init__(
+        self,
+        local: PartitionTable,
+        store: TableStore,
+        allocator: Allocator,
+        metrics: Metrics,
+        outbox: Outbox,
+        changelog: str,
+        held: AccountsHeld,
+        settled_for: Callable[[int], Settled],
+    ) -> None:
+        self.local, self.store, self.allocator, self.metrics = local, store, allocator, metrics
+        self.outbox, self.changelog, self.held, self.settled_for = outbox, changelog, held, settled_for
+        self._created = store.created
+
+    def __call__(self, m: Any) -> None:
+        """`m`: a faust message."""
+        partition = m.partition
+        local, outbox = self.local, self.outbox
+        local.use(partition)
+        msg = Message.of(m)
+        handled = self.allocator.handle(msg, self.settled_for(partition))
+        self.metrics.count(handled, msg.attempt)
+        created = self.store.created
+        if created != self._created:
+            self._created = created
+            self.held.created(partition)
+        if local.pending:
+            for group in local.pending:  # each one event's writes (or an account's repair)
+                outbox.add_together(self.changelog, group, partition)
+            local.pending = []
+        for out in handled.outputs:
+            outbox.add(out.topic, out.key, out.value, out.headers)
+
+
 RAW: dict[str, Any] = {
     "key_type": bytes,
     "value_type": bytes,
@@ -575,27 +619,19 @@ def allocator_app(settings: Settings) -> faust.App:
         consumer: Any = app.consumer
         committed = consumer._committed_offset
         settled_of: dict[int, Committed] = {}
+
+        def settled_for(partition: int) -> Committed:
+            settled = settled_of.get(partition)
+            if settled is None:
+                tps = {f"{t}:{partition}": TP(t, partition) for t in cat.allocator_sources}
+                settled = settled_of[partition] = Committed(tps, committed)
+            return settled
+
+        step = AllocatorStep(local, store, allocator, metrics, outbox, changelog, held, settled_for)
         room.watch(stream.channel.queue)  # type: ignore[attr-defined]  # a faust Topic, typed as an iterator
         async for event in stream.events():
-            m = event.message
             try:
-                local.use(m.partition)
-                msg = Message.of(m)
-                created = store.created
-                settled = settled_of.get(m.partition)
-                if settled is None:
-                    tps = {f"{t}:{m.partition}": TP(t, m.partition) for t in cat.allocator_sources}
-                    settled = settled_of[m.partition] = Committed(tps, committed)
-                handled = allocator.handle(msg, settled)
-                metrics.count(handled, msg.attempt)
-                if store.created != created:
-                    held.created(m.partition)
-                if local.pending:
-                    for group in local.pending:  # each one event's writes (or an account's repair)
-                        outbox.add_together(changelog, group, m.partition)
-                    local.pending = []
-                for out in handled.outputs:
-                    outbox.add(out.topic, out.key, out.value, out.headers)
+                step(event.message)
                 if outbox.waiting > MAX_WAITING:
                     await outbox.hand_over()
             except BaseException as exc:

@@ -181,8 +181,8 @@ class Metrics:
         if outcome.status is Status.APPLIED:
             if attempt > 1:  # a retry the compensator sent, applied
                 counted[self.compensations, ("applied",)] += 1
-            for record in outcome.records:
-                counted[self.records, (record.kind,)] += 1
+            for kind in outcome.record_kinds:
+                counted[self.records, (kind,)] += 1
         elif outcome.status is Status.REJECTED and outcome.rejection is not None:
             counted[self.rejections, (outcome.rejection.reason,)] += 1
 

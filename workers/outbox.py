@@ -28,6 +28,7 @@ _KNOWN_KEYS = 100_000  # keys whose partition an outbox remembers, per topic
 # value lengths, header count)
 _RECORD_OVERHEAD = 32
 _BATCH_HEADER = 61  # a record batch's own header (magic v2)
+_NO_HEADERS: list[tuple[str, bytes]] = []  # never changed: aiokafka only reads it
 
 
 def fits_one_batch(size: int, records: int, batch_bytes: int) -> bool:
@@ -121,14 +122,28 @@ class Outbox:
         """
         need = sum(len(k) + len(v) for k, v in records) + _RECORD_OVERHEAD * len(records)
         open_ = self._open.get(topic)
-        entry = open_.get(partition) if open_ is not None else None
+        if open_ is None:
+            open_ = self._open[topic] = {}
+        entry = open_.get(partition)
         if entry is not None and entry[1][0] and entry[0].size() + need > self._batch_bytes:
-            assert open_ is not None
             builder, count = open_.pop(partition)
             builder.close()
             self._full.append((TopicPartition(topic, partition), builder, count[0]))
-        for key, value in records:
-            self.add(topic, key, value, [], partition)
+            entry = None
+        if entry is None:
+            entry = open_[partition] = (self._producer.create_batch(), [0])
+        builder, count = entry
+        append = builder.append
+        for i, (key, value) in enumerate(records):
+            if append(timestamp=None, key=key, value=value, headers=_NO_HEADERS) is None:
+                # longer than a batch (and the batch now closed): the rest as any records
+                count[0] += i
+                self._added += i
+                for key_, value_ in records[i:]:
+                    self.add(topic, key_, value_, _NO_HEADERS, partition)
+                return
+        count[0] += len(records)
+        self._added += len(records)
 
     async def hand_over(self) -> None:
         """Hand everything added so far to Kafka and wait until Kafka has it."""

@@ -55,7 +55,9 @@ class Outcome:
     msgpack (`credit_blobs`); `records` and `credits` decode them.
     """
 
-    __slots__ = ("account_id", "credit_blobs", "detail", "record_lines", "rejection", "status", "step")
+    __slots__ = (
+        "account_id", "credit_blobs", "detail", "record_kinds", "record_lines", "rejection", "status", "step",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -66,6 +68,7 @@ class Outcome:
         rejection: Rejection | None = None,
         detail: str | None = None,
         step: int = 0,
+        record_kinds: tuple[str, ...] = (),
     ) -> None:
         self.status = status
         self.account_id = account_id
@@ -74,6 +77,7 @@ class Outcome:
         self.rejection = rejection
         self.detail = detail  # why, for a rejection
         self.step = step  # the account's step that made the records: (step, seq) is replay's order
+        self.record_kinds = record_kinds  # each record's kind, in order (what metrics count)
 
     @property
     def records(self) -> list[Record]:
@@ -91,9 +95,9 @@ class Outcome:
 
 
 def _outcome(native: tuple[Any, ...]) -> Outcome:
-    status, account_id, lines, blobs, rej, detail, step = native
+    status, account_id, lines, blobs, rej, detail, step, kinds = native
     rejected = None if rej is None else rejection(rej[0], rej[1], Reason(rej[2]))
-    return Outcome(_STATUSES[status], account_id, lines, blobs, rejected, detail, step)
+    return Outcome(_STATUSES[status], account_id, lines, blobs, rejected, detail, step, kinds)
 
 
 def _where(position: Position | None) -> tuple[str, int] | None:

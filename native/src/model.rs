@@ -640,8 +640,18 @@ fn finish<T: Table>(
         if let Some(settled) = settled {
             if !head.kept.is_empty() {
                 let mut kept = Vec::with_capacity(head.kept.len());
+                // asked once per source (a call into Python each): an account's kept outputs share a few
+                let mut floors: Vec<(String, i64)> = Vec::new();
                 for k in std::mem::take(&mut head.kept) {
-                    if k.offset >= settled.get(&k.source)?.unwrap_or(0) {
+                    let floor = match floors.iter().find(|(source, _)| *source == k.source) {
+                        Some((_, floor)) => *floor,
+                        None => {
+                            let floor = settled.get(&k.source)?.unwrap_or(0);
+                            floors.push((k.source.clone(), floor));
+                            floor
+                        }
+                    };
+                    if k.offset >= floor {
                         kept.push(k);
                     }
                 }

@@ -34,3 +34,15 @@ def test_records_are_the_json_msgspec_writes(account: str, batch: str, merchant:
 def test_event_keys_are_blake2b_of_the_length_in_characters(account: str, event: str) -> None:
     data = f"{len(account)}:{account}{event}".encode()
     assert event_key(account, event) == hashlib.blake2b(data, digest_size=12).hexdigest()
+
+
+def test_each_outcome_names_the_kinds_of_its_records_in_order() -> None:
+    """What the fleet's metrics count, without decoding the records."""
+    from costtrace.sample import encode_event, generate_events
+
+    store, kinds = MemoryStore(), set[str]()
+    for event in generate_events(3000, 60, seed=5):
+        out = apply_event(store, encode_event(event))
+        assert list(out.record_kinds) == [r.kind for r in out.records]
+        kinds.update(out.record_kinds)
+    assert kinds >= {"issue", "consume", "refund", "transfer_out"}
