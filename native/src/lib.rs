@@ -157,7 +157,10 @@ fn write_lines(records: &[state::Record], out: &mut Vec<u8>) {
 /// (status, account_id, record JSON lines, credit msgpacks, rejection or None, detail or None, step,
 /// the records' kinds)
 fn outcome_tuple<'py>(py: Python<'py>, o: Outcome) -> PyResult<Bound<'py, PyTuple>> {
-    let kinds = PyTuple::new(py, o.records.iter().map(|r| PyString::intern(py, r.kind.as_str())))?;
+    let kinds = PyTuple::new(
+        py,
+        o.records.iter().map(|r| PyString::intern(py, r.kind.as_str())),
+    )?;
     let records = o
         .records
         .iter()
