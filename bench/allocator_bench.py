@@ -3,14 +3,13 @@
 The fleet benchmark's backlog (same generator, seed and accounts) goes
 through the agent's own step (`workers.app.AllocatorStep`: the model, the
 metrics, the outbox's record batches, handed over every 150 events to a
-producer that keeps nothing) on real RocksDB partition DBs (write-ahead log
-off, as in the fleet). Two
-configurations side by side in one run, alternating: the store keeping what
-it knows of accounts between events (the default), and reading every account
-from RocksDB (`account_cache_bytes=0`). Best of `--repeat`. For figures that
-do not move with the machine's load, run one configuration under callgrind:
+producer that keeps nothing) on real RocksDB partition DBs opened as faust
+opens them (write-ahead log off, as in the fleet). Best of `--repeat`. For
+figures that do not move with the machine's load, count instructions:
+callgrind with `--repeat 1`, less the same with `--repeat 0` (start-up and
+the backlog's generation), is the step's.
 
-    python -m bench.allocator_bench [--events N] [--accounts N] [--repeat K] [--only keep|read]
+    python -m bench.allocator_bench [--events N] [--accounts N] [--repeat K]
 """
 
 from __future__ import annotations
@@ -23,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from rocksdict import Options, Rdict, WriteOptions
+from faust.stores.rocksdb import RocksDBOptions
+from rocksdict import WriteOptions
 
 from costtrace.sample import encode_event, generate_events
 from schemas.events import EVENT_TYPES
@@ -89,19 +89,18 @@ def _messages(n_events: int, n_accounts: int) -> list[_Message]:
     return out
 
 
-async def _run(messages: list[_Message], folder: Path, known_bytes: int, linger_every: int) -> float:
-    """Seconds for the agent's per-event work on every message (credits are left on the outbox)."""
+async def _run(messages: list[_Message], folder: Path, linger_every: int) -> float:
+    """Seconds for the agent's step on every message (credits are left on the outbox)."""
     settings = Settings()
-    options = Options(raw_mode=True)
     write = WriteOptions()
     write.disable_wal = True  # type: ignore[assignment]
     dbs = {}
     for p in range(PARTITIONS):
-        dbs[p] = Rdict(str(folder / str(p)), options=options)
+        dbs[p] = RocksDBOptions().open(folder / str(p))
         dbs[p].set_write_options(write)
     local = PartitionTable(dbs.__getitem__)
     batch = settings.producer_batch_bytes
-    store = TableStore(local, lambda size, records: fits_one_batch(size, records, batch), known_bytes)
+    store = TableStore(local, lambda size, records: fits_one_batch(size, records, batch))
     allocator = Allocator(store, "costtrace.credits", "costtrace.allocations", "costtrace.dead-letters")
     outbox = Outbox(_Producer(batch), CHANGELOG, lambda exc: None, batch_bytes=batch)
     await outbox.learn(["costtrace.credits", "costtrace.allocations", "costtrace.dead-letters"])
@@ -126,25 +125,16 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=60_000)
     ap.add_argument("--accounts", type=int, default=6_000)
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--only", choices=["keep", "read"])
     args = ap.parse_args()
     messages = _messages(args.events, args.accounts)
-    configs = {"keep": Settings().account_cache_bytes, "read": 0}
-    if args.only:
-        configs = {args.only: configs[args.only]}
-    best: dict[str, float] = {}
+    if not args.repeat:
+        return
     with tempfile.TemporaryDirectory() as tmp:
-        for r in range(args.repeat):
-            for name, known in configs.items():
-                # the fleet hands over every 25 ms: about 150 events at its rate
-                t = asyncio.run(_run(messages, Path(tmp) / f"{name}{r}", known, 150))
-                best[name] = min(best.get(name, t), t)
+        # the fleet hands over every 25 ms: about 150 events at its rate
+        best = min(asyncio.run(_run(messages, Path(tmp) / str(r), 150)) for r in range(args.repeat))
     n = len(messages)
     print(f"{n:,} events over {args.accounts:,} accounts, {PARTITIONS} partitions; best of {args.repeat}")
-    print(f"{'':44s}{'events/s':>10s}{'µs/event':>10s}")
-    labels = {"keep": "accounts kept between events (default)", "read": "every account read from RocksDB"}
-    for name, t in best.items():
-        print(f"{labels[name]:44s}{n / t:10,.0f}{t / n * 1e6:10.1f}")
+    print(f"allocator step: {n / best:,.0f} events/s, {best / n * 1e6:.1f} µs per event")
 
 
 if __name__ == "__main__":

@@ -501,11 +501,7 @@ def allocator_app(settings: Settings) -> faust.App:
     local = PartitionTable(rocks._db_for_partition)
     batch_bytes = settings.producer_batch_bytes
     # an event's writes that fit one record batch go to the changelog in one (Outbox.add_together)
-    store = TableStore(
-        local,
-        together=lambda size, records: fits_one_batch(size, records, batch_bytes),
-        known_bytes=settings.account_cache_bytes,
-    )
+    store = TableStore(local, together=lambda size, records: fits_one_batch(size, records, batch_bytes))
     stop = StopOnSendError()
     persisted: dict[int, int] = {}  # partition -> last changelog offset delivered
     kept: dict[int, int] = {}  # partition -> last offset written as faust's persisted offset
@@ -583,12 +579,8 @@ def allocator_app(settings: Settings) -> faust.App:
                 kept[partition] = offset
 
     async def _assigned(sender: Any, *args: Any, **kwargs: Any) -> None:
-        store.forget()
+        store.forget_repairs()
         held.forget()
-
-    async def _recovered(sender: Any, *args: Any, **kwargs: Any) -> None:
-        # sent once recovery has written the partitions this worker was given, before streams resume
-        store.forget()
 
     async def _revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
         # faust drops a revoked partition's DB without closing it; a handle kept here
@@ -605,7 +597,6 @@ def allocator_app(settings: Settings) -> faust.App:
 
     app.on_partitions_assigned.connect(_assigned)  # type: ignore[arg-type]
     app.on_partitions_revoked.connect(_revoked)  # type: ignore[arg-type]
-    app.on_rebalance_complete.connect(_recovered)  # type: ignore[arg-type]
 
     @app.agent(source, name="allocator")
     async def allocate(stream: faust.StreamT[bytes]) -> None:

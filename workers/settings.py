@@ -31,9 +31,6 @@ class Settings(BaseSettings):
     standby_replicas: int = 1
     session_timeout: float = 15.0
     stream_buffer_maxsize: int = 4096
-    # what the allocator keeps of accounts between events, instead of reading RocksDB again:
-    # it starts over each time it has written this many bytes of state (0: keep nothing)
-    account_cache_bytes: int = 256 << 20
     # a fetch waits for this many bytes, or fetch_max_wait: fewer, fuller fetches
     fetch_min_bytes: int = 65536
     fetch_max_wait: float = 0.05

@@ -112,23 +112,14 @@ class TableStore:
     redo log and repair described above). `together(size, records)`: whether
     the table's changelog takes a group of `records` writes of `size` key and
     value bytes whole; by default none, and every header carries its redo log.
-
-    `known_bytes`: between events the store keeps what it knows of accounts
-    (whole, for those it created: no read reaches RocksDB; the header, for
-    those it found there), and starts over each time it has written that many
-    bytes. 0 keeps nothing. The table must then change only through this
-    store until `forget()`: the allocator calls it when a rebalance starts and
-    again once recovery has written the partitions it was given.
     """
 
-    def __init__(
-        self, table: Table, together: Callable[[int, int], bool] | None = None, known_bytes: int = 0
-    ) -> None:
-        self.native = NativeStore.table(table, together or (lambda size, records: False), known_bytes)
+    def __init__(self, table: Table, together: Callable[[int, int], bool] | None = None) -> None:
+        self.native = NativeStore.table(table, together or (lambda size, records: False))
 
-    def forget(self) -> None:
-        """Read every account from the table again (and write its redo log again on first load)."""
-        self.native.forget()
+    def forget_repairs(self) -> None:
+        """After a rebalance, recovery may have restored another worker's cut-off event."""
+        self.native.forget_repairs()
 
     @property
     def created(self) -> int:

@@ -209,13 +209,11 @@ impl NativeStore {
         }
     }
 
-    /// The fleet's store: state in `table` (`get(key)`, `put_all(writes)`); `together(size, n)` as in
-    /// workers/state.py; what it knows of accounts kept between events until it has written `known_bytes`.
+    /// The fleet's store: state in `table` (`get(key)`, `put_all(writes)`); `together(size, n)` as in workers/state.py.
     #[staticmethod]
-    #[pyo3(signature = (table, together, known_bytes=0))]
-    fn table(table: Py<PyAny>, together: Py<PyAny>, known_bytes: usize) -> Self {
+    fn table(table: Py<PyAny>, together: Py<PyAny>) -> Self {
         NativeStore {
-            backend: Backend::Python(Store::knowing(PyTable { table, together }, known_bytes)),
+            backend: Backend::Python(Store::new(PyTable { table, together })),
         }
     }
 
@@ -338,11 +336,11 @@ impl NativeStore {
         PyList::new(py, items)
     }
 
-    /// After a rebalance: recovery may have written the table, so read every account from it again.
-    fn forget(&mut self) {
+    /// After a rebalance, recovery may have restored another worker's cut-off event.
+    fn forget_repairs(&mut self) {
         match &mut self.backend {
-            Backend::Memory(s) => s.forget(),
-            Backend::Python(s) => s.forget(),
+            Backend::Memory(s) => s.forget_repairs(),
+            Backend::Python(s) => s.forget_repairs(),
         }
     }
 

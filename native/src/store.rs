@@ -141,13 +141,11 @@ impl Value for EventBytes {
 /// Entries of one kind on one account: read through to the table, written at commit.
 pub struct Entries<V> {
     ns: u8,
-    // every entry the account has, as values: replay's accounts, and those the fleet knows whole
+    // replay's store: the account's own map, taken from the store while the event runs
     held: Option<FxHashMap<String, V>>,
     // an event reads and writes a handful of entries: a list beats a hash map
     read: Vec<(String, Option<V>)>,
     written: Vec<(String, V)>,
-    // held entries the event set, when they go to the table too (the fleet's)
-    changed: Option<Vec<String>>,
 }
 
 impl<V: Value> Entries<V> {
@@ -157,24 +155,16 @@ impl<V: Value> Entries<V> {
             held: None,
             read: Vec::new(),
             written: Vec::new(),
-            changed: None,
         }
     }
 
-    /// `map` holds every entry; `to_table`: what the event sets is written to the table at commit too.
-    fn of_held(ns: u8, map: FxHashMap<String, V>, to_table: bool) -> Self {
+    fn of_held(ns: u8, map: FxHashMap<String, V>) -> Self {
         Entries {
             ns,
             held: Some(map),
             read: Vec::new(),
             written: Vec::new(),
-            changed: to_table.then(Vec::new),
         }
-    }
-
-    /// Whether the event set any entry.
-    fn unchanged(&self) -> bool {
-        self.written.is_empty() && self.changed.as_ref().is_none_or(|c| c.is_empty())
     }
 
     fn into_held(self) -> FxHashMap<String, V> {
@@ -205,11 +195,6 @@ impl<V: Value> Entries<V> {
 
     pub fn set(&mut self, key: String, value: V) {
         if let Some(held) = &mut self.held {
-            if let Some(changed) = &mut self.changed {
-                if !changed.contains(&key) {
-                    changed.push(key.clone());
-                }
-            }
             held.insert(key, value);
             return;
         }
@@ -222,11 +207,6 @@ impl<V: Value> Entries<V> {
     fn table_writes(&self, prefix: &[u8], out: &mut Vec<Write>) {
         for (k, v) in &self.written {
             out.push((key_of(self.ns, prefix, k), v.to_bytes()));
-        }
-        if let (Some(changed), Some(held)) = (&self.changed, &self.held) {
-            for k in changed {
-                out.push((key_of(self.ns, prefix, k), held[k].to_bytes()));
-            }
         }
     }
 }
@@ -244,121 +224,28 @@ pub struct AccountState {
     pub credits: Entries<String>,
     pub outputs: Entries<Outputs>,
     new: bool,
-    // its entries are all held (replay's, or one the fleet knows whole)
-    whole: bool,
 }
 
-impl AccountState {
-    /// An account whose entries are all in `h`; `to_table`: the event's changes go to the table too.
-    fn held(account_id: &str, prefix: Vec<u8>, h: Held, new: bool, to_table: bool) -> Self {
-        AccountState {
-            account_id: account_id.to_owned(),
-            prefix,
-            head: h.head,
-            batches: Entries::of_held(BATCH, h.batches, to_table),
-            orders: Entries::of_held(ORDER, h.orders, to_table),
-            events: Entries::of_held(EVENT, h.events, to_table),
-            refunds: Entries::of_held(REFUND, h.refunds, to_table),
-            transfers: Entries::of_held(TRANSFER, h.transfers, to_table),
-            credits: Entries::of_held(CREDIT, h.credits, to_table),
-            outputs: Entries::of_held(OUTPUTS, h.outputs, to_table),
-            new,
-            whole: true,
-        }
-    }
-
-    /// An account whose entries are read from the table as the rules ask for them.
-    fn reading(account_id: &str, prefix: Vec<u8>, head: Account, new: bool) -> Self {
-        AccountState {
-            account_id: account_id.to_owned(),
-            prefix,
-            head,
-            batches: Entries::new(BATCH),
-            orders: Entries::new(ORDER),
-            events: Entries::new(EVENT),
-            refunds: Entries::new(REFUND),
-            transfers: Entries::new(TRANSFER),
-            credits: Entries::new(CREDIT),
-            outputs: Entries::new(OUTPUTS),
-            new,
-            whole: false,
-        }
-    }
-
-    fn unchanged(&self) -> bool {
-        self.batches.unchanged()
-            && self.orders.unchanged()
-            && self.events.unchanged()
-            && self.refunds.unchanged()
-            && self.transfers.unchanged()
-            && self.credits.unchanged()
-            && self.outputs.unchanged()
-    }
-
-    /// Its header and held entries, as a table in memory keeps them.
-    fn into_held(self) -> Held {
-        Held {
-            head: self.head,
-            batches: self.batches.into_held(),
-            orders: self.orders.into_held(),
-            events: self.events.into_held(),
-            refunds: self.refunds.into_held(),
-            transfers: self.transfers.into_held(),
-            credits: self.credits.into_held(),
-            outputs: self.outputs.into_held(),
-        }
-    }
-}
-
-/// What the fleet's store knows of an account between events, so as not to read the table again.
-///
-/// An account the store created is known whole: every entry it has was
-/// written here, so none of its reads reach the table (an absent header
-/// means no entries either: headers are written first, or with their
-/// entries in one group). An account found in the table is known by its
-/// header only; its entries are read as the rules ask for them.
-enum Known {
-    Whole(Box<Held>),
-    Head(Account),
-}
-
-/// The store: a table, which accounts this process has loaded (their redo logs written again), and
-/// what it knows of them.
+/// The store: a table, and which accounts this process has loaded (their redo logs written again).
 pub struct Store<T> {
     pub table: T,
     repaired: HashSet<String>,
-    known: FxHashMap<String, Known>,
-    // bytes the store wrote since it last forgot what it knew: more than it keeps (rewrites count again)
-    known_bytes: usize,
-    // past this many, it forgets; 0: it knows nothing between events
-    known_limit: usize,
     /// accounts whose first header this store wrote (for the accounts-held metric)
     pub created: u64,
 }
 
 impl<T: Table> Store<T> {
     pub fn new(table: T) -> Self {
-        Store::knowing(table, 0)
-    }
-
-    /// A store that keeps what it knows of accounts until it has written `limit` bytes, then starts over.
-    pub fn knowing(table: T, limit: usize) -> Self {
         Store {
             table,
             repaired: HashSet::new(),
-            known: FxHashMap::default(),
-            known_bytes: 0,
-            known_limit: limit,
             created: 0,
         }
     }
 
-    /// After a rebalance, recovery may have written the table (another worker's events, or a cut-off
-    /// event's end): load every account from it again.
-    pub fn forget(&mut self) {
+    /// After a rebalance, recovery may have restored another worker's cut-off event.
+    pub fn forget_repairs(&mut self) {
         self.repaired.clear();
-        self.known.clear();
-        self.known_bytes = 0;
     }
 
     /// The account's state, empty if it has none yet.
@@ -372,13 +259,19 @@ impl<T: Table> Store<T> {
                     (Held::default(), true)
                 }
             };
-            return Ok(AccountState::held(account_id, prefix, h, new, false));
-        }
-        // taken out while the event runs: an error or a panic midway leaves it unknown, not half-changed
-        match self.known.remove(account_id) {
-            Some(Known::Whole(h)) => return Ok(AccountState::held(account_id, prefix, *h, false, true)),
-            Some(Known::Head(head)) => return Ok(AccountState::reading(account_id, prefix, head, false)),
-            None => {}
+            return Ok(AccountState {
+                account_id: account_id.to_owned(),
+                prefix,
+                head: h.head,
+                batches: Entries::of_held(BATCH, h.batches),
+                orders: Entries::of_held(ORDER, h.orders),
+                events: Entries::of_held(EVENT, h.events),
+                refunds: Entries::of_held(REFUND, h.refunds),
+                transfers: Entries::of_held(TRANSFER, h.transfers),
+                credits: Entries::of_held(CREDIT, h.credits),
+                outputs: Entries::of_held(OUTPUTS, h.outputs),
+                new,
+            });
         }
         let raw = self.table.get(&key_of(HEADER, &prefix, ""))?;
         let new = raw.is_none();
@@ -402,14 +295,19 @@ impl<T: Table> Store<T> {
         if first {
             self.repaired.insert(account_id.to_owned());
         }
-        if new && self.known_limit > 0 {
-            let h = Held {
-                head,
-                ..Held::default()
-            };
-            return Ok(AccountState::held(account_id, prefix, h, true, true));
-        }
-        Ok(AccountState::reading(account_id, prefix, head, new))
+        Ok(AccountState {
+            account_id: account_id.to_owned(),
+            prefix,
+            head,
+            batches: Entries::new(BATCH),
+            orders: Entries::new(ORDER),
+            events: Entries::new(EVENT),
+            refunds: Entries::new(REFUND),
+            transfers: Entries::new(TRANSFER),
+            credits: Entries::new(CREDIT),
+            outputs: Entries::new(OUTPUTS),
+            new,
+        })
     }
 
     /// Done with an account without changing it.
@@ -420,15 +318,6 @@ impl<T: Table> Store<T> {
             } else {
                 self.hold(state);
             }
-        } else if !state.new && state.unchanged() {
-            // (a new account is not in the table: nothing to know)
-            let account_id = state.account_id.clone();
-            let known = if state.whole {
-                Known::Whole(Box::new(state.into_held()))
-            } else {
-                Known::Head(state.head)
-            };
-            self.remember(account_id, known, 0);
         }
     }
 
@@ -436,23 +325,20 @@ impl<T: Table> Store<T> {
     fn hold(&mut self, state: AccountState) {
         let held = self.table.held().expect("a table in memory");
         let h = held.get_mut(&state.account_id).expect("taken by account()");
-        *h = state.into_held();
-    }
-
-    fn remember(&mut self, account_id: String, known: Known, bytes: usize) {
-        if self.known_limit == 0 {
-            return;
-        }
-        self.known_bytes += bytes;
-        if self.known_bytes > self.known_limit {
-            self.known.clear();
-            self.known_bytes = bytes;
-        }
-        self.known.insert(account_id, known);
+        *h = Held {
+            head: state.head,
+            batches: state.batches.into_held(),
+            orders: state.orders.into_held(),
+            events: state.events.into_held(),
+            refunds: state.refunds.into_held(),
+            transfers: state.transfers.into_held(),
+            credits: state.credits.into_held(),
+            outputs: state.outputs.into_held(),
+        };
     }
 
     /// Keep what one event changed: its writes as one group, header first.
-    pub fn commit(&mut self, mut state: AccountState) -> Result<(), T::Error> {
+    pub fn commit(&mut self, state: AccountState) -> Result<(), T::Error> {
         if state.new {
             self.created += 1;
         }
@@ -493,18 +379,7 @@ impl<T: Table> Store<T> {
         let mut group = Vec::with_capacity(writes.len() + 1);
         group.push((key, value));
         group.extend(writes);
-        self.table.put_all(group)?;
-        if self.known_limit > 0 {
-            state.head = header.account;
-            let account_id = state.account_id.clone();
-            let known = if state.whole {
-                Known::Whole(Box::new(state.into_held()))
-            } else {
-                Known::Head(state.head)
-            };
-            self.remember(account_id, known, size);
-        }
-        Ok(())
+        self.table.put_all(group)
     }
 }
 

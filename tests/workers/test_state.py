@@ -87,8 +87,7 @@ def test_any_allowed_crash_then_redelivery_gives_replays_records(
 
     # first run: apply `applied` events; the group committed offset `committed`
     table = LoggedTable(together=together)
-    known = data.draw(st.sampled_from([0, 300, 10**9]))  # what the store keeps of accounts between events
-    store = TableStore(table, together, known)
+    store = TableStore(table, together)
     applied = data.draw(st.integers(0, len(lines)))
     committed = data.draw(st.integers(0, applied))
     ends: list[int] = []  # changelog length after each event
@@ -120,7 +119,7 @@ def test_any_allowed_crash_then_redelivery_gives_replays_records(
 
     # restart on the changelog prefix (a fresh node, or a wiped folder), re-read from the commit
     restored = LoggedTable(dict(table.changelog[:cut]), together)
-    store2 = TableStore(restored, together, known)
+    store2 = TableStore(restored, together)
     settled = committed
     for i in range(committed, len(lines)):
         settled = data.draw(st.integers(settled, i))
@@ -130,73 +129,6 @@ def test_any_allowed_crash_then_redelivery_gives_replays_records(
 
     want = {msgspec.json.decode(r)["record_id"]: r for r in expected if b'"record_id"' in r}
     assert delivered == want
-
-
-class CountedTable(LoggedTable):
-    def __init__(self) -> None:
-        super().__init__(together=lambda size, records: True)
-        self.reads = 0
-
-    def get(self, key: bytes, default: Any = None) -> Any:
-        self.reads += 1
-        return super().get(key, default)
-
-
-def _fleet_run(known: int, forget_at: set[int]) -> tuple[CountedTable, list[tuple[Any, ...]]]:
-    from costtrace.sample import encode_event, generate_events
-
-    table = CountedTable()
-    store = TableStore(table, table.together, known)
-    outcomes = []
-    for i, event in enumerate(generate_events(1500, 40, seed=7)):
-        if i in forget_at:
-            store.forget()
-        line = encode_event(event)
-        position = Position("t:0", i)
-        first = apply_event(store, line, position)
-        again = apply_event(store, line, position)  # redelivered: its first outputs again
-        outcomes.append((first.status, first.records, first.rejection, again.status, again.records))
-    return table, outcomes
-
-
-@settings(max_examples=25, deadline=None)
-@given(st.sampled_from([1, 400, 5000, 10**9]), st.sets(st.integers(0, 1499), max_size=5))
-def test_a_store_that_keeps_accounts_writes_what_one_that_reads_them_writes(
-    known: int, forget_at: set[int]
-) -> None:
-    """Same outcomes, same writes in the same order, whatever it keeps and whenever it forgets."""
-    reading, want = _fleet_run(0, set())
-    keeping, got = _fleet_run(known, forget_at)
-    assert got == want
-    assert keeping.changelog == reading.changelog
-    assert keeping.reads < reading.reads
-
-
-def test_a_store_reads_an_account_it_created_once_and_one_it_found_by_its_entries() -> None:
-    def issue(n: int) -> bytes:
-        return msgspec.json.encode(
-            {"event_id": f"e{n}", "type": "issued", "account_id": "alice",
-             "occurred_at": "2026-01-01T00:00:00Z", "batch_id": f"b{n}", "budget_id": "B", "amount": 5}
-        )  # fmt: skip
-
-    table = CountedTable()
-    store = TableStore(table, table.together, 10**9)
-    apply_event(store, issue(0), Position("t:0", 0))
-    assert table.reads == 1  # its header: not there, so no entries either
-    for n in range(1, 5):
-        apply_event(store, issue(n), Position("t:0", n))
-    assert table.reads == 1
-
-    # another worker's write (recovery, after a rebalance) is seen once the store forgets
-    other = TableStore(table, table.together)
-    apply_event(other, issue(5), Position("t:0", 5))
-    store.forget()
-    table.reads = 0
-    repeat = apply_event(store, issue(5), Position("t:1", 0))
-    assert repeat.status is Status.REPEAT
-    assert table.reads == 2  # the header, then the event's entry
-    apply_event(store, issue(6), Position("t:0", 6))
-    assert table.reads == 4  # new ids: the event's and the batch's entries looked for (the header is known)
 
 
 def test_every_state_key_names_its_account() -> None:
