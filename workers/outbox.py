@@ -95,18 +95,11 @@ class Outbox:
                 if len(known) >= _KNOWN_KEYS:
                     known.clear()
                 partition = known[key] = partition_for(key, self._partitions[topic])
-        open_ = self._open.get(topic)
-        if open_ is None:
-            open_ = self._open[topic] = {}
-        entry = open_.get(partition)
-        if entry is None:
-            entry = open_[partition] = (self._producer.create_batch(), [0])
-        builder, count = entry
+        builder, count = self._batch(topic, partition)
         if builder.append(timestamp=None, key=key, value=value, headers=headers) is None:
             # full (and closed): it goes first, a new one takes this record
-            self._full.append((TopicPartition(topic, partition), builder, count[0]))
-            entry = open_[partition] = (self._producer.create_batch(), [0])
-            builder, count = entry
+            self._seal(topic, partition)
+            builder, count = self._batch(topic, partition)
             if builder.append(timestamp=None, key=key, value=value, headers=headers) is None:
                 raise ValueError(f"a record of {len(value):,} bytes does not fit in a batch for {topic}")
         count[0] += 1
@@ -121,18 +114,10 @@ class Outbox:
         longer than a batch (see `fits_one_batch`) is split like any records.
         """
         need = sum(len(k) + len(v) for k, v in records) + _RECORD_OVERHEAD * len(records)
-        open_ = self._open.get(topic)
-        if open_ is None:
-            open_ = self._open[topic] = {}
-        entry = open_.get(partition)
-        if entry is not None and entry[1][0] and entry[0].size() + need > self._batch_bytes:
-            builder, count = open_.pop(partition)
-            builder.close()
-            self._full.append((TopicPartition(topic, partition), builder, count[0]))
-            entry = None
-        if entry is None:
-            entry = open_[partition] = (self._producer.create_batch(), [0])
-        builder, count = entry
+        builder, count = self._batch(topic, partition)
+        if count[0] and builder.size() + need > self._batch_bytes:
+            self._seal(topic, partition)
+            builder, count = self._batch(topic, partition)
         append = builder.append
         for i, (key, value) in enumerate(records):
             if append(timestamp=None, key=key, value=value, headers=_NO_HEADERS) is None:
@@ -144,6 +129,22 @@ class Outbox:
                 return
         count[0] += len(records)
         self._added += len(records)
+
+    def _batch(self, topic: str, partition: int) -> tuple[Any, list[int]]:
+        """The partition's open batch and its record count; a new one if it has none."""
+        open_ = self._open.get(topic)
+        if open_ is None:
+            open_ = self._open[topic] = {}
+        entry = open_.get(partition)
+        if entry is None:
+            entry = open_[partition] = (self._producer.create_batch(), [0])
+        return entry
+
+    def _seal(self, topic: str, partition: int) -> None:
+        """Close the partition's open batch: it goes before any later one of the partition."""
+        builder, count = self._open[topic].pop(partition)
+        builder.close()
+        self._full.append((TopicPartition(topic, partition), builder, count[0]))
 
     async def hand_over(self) -> None:
         """Hand everything added so far to Kafka and wait until Kafka has it."""
