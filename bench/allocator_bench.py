@@ -25,12 +25,13 @@ from aiokafka import AIOKafkaProducer
 from faust.stores.rocksdb import RocksDBOptions
 from rocksdict import WriteOptions
 
+from costtrace._native import partition_for
 from costtrace.sample import encode_event, generate_events
 from schemas.events import EVENT_TYPES
 from workers.allocator import Allocator
 from workers.app import AllocatorStep, Committed
 from workers.metrics import Metrics
-from workers.outbox import Outbox, fits_one_batch, partition_for
+from workers.outbox import Outbox, fits_one_batch
 from workers.settings import Settings
 from workers.state import AccountsHeld, PartitionTable, TableStore
 

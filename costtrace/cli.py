@@ -261,12 +261,14 @@ def worker(role: str, state_dir: str | None, loglevel: str | None) -> None:
 
     from topics.admin import check
     from workers.app import allocator_app, fleet_catalogue, run_worker
+    from workers.codecs import MissingCodecs, require_codecs
     from workers.lifecycle import mark_clean_exit, prepare_state_dir
 
     settings = _settings(state_dir=Path(state_dir) if state_dir else None)
     try:
+        require_codecs()
         asyncio.run(check(settings.kafka_bootstrap, fleet_catalogue(settings)))
-    except (LookupError, ValueError) as exc:
+    except (LookupError, ValueError, MissingCodecs) as exc:
         raise click.ClickException(f"refusing to start: {exc}") from exc
     if role == "sink":  # a plain Kafka consumer, no faust (workers/sink.py)
         from workers import sink
@@ -441,16 +443,37 @@ def dlq_list(letters: Any, as_json: bool) -> None:
 
 @dlq.command("show")
 @click.argument("origin")
-def dlq_show(origin: str) -> None:
-    """One parked letter: its payload, and the history of its attempts."""
+@click.option(
+    "--payload",
+    "payload_to",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    help="write the message's original value, byte for byte, to this file ('-': standard output)",
+)
+def dlq_show(origin: str, payload_to: str | None) -> None:
+    """One parked letter: key and payload (exact bytes with --payload), and the history of its attempts."""
     import asyncio
+    import hashlib
 
-    from workers.dlq import show
+    from workers.dlq import read_original, show
 
-    letter, history = asyncio.run(show(_settings().postgres_dsn.get_secret_value(), origin))
+    settings = _settings()
+    letter, history = asyncio.run(show(settings.postgres_dsn.get_secret_value(), origin))
     if letter is None:
         raise click.ClickException(f"no parked letter {origin!r}")
+    payload = letter["payload"]
+    if payload is None:  # too long to travel in its letter: still in its input topic
+        payload = asyncio.run(read_original(settings.kafka_bootstrap, origin))
+    payload = bytes(payload)
+    if payload_to is not None:
+        with click.open_file(payload_to, "wb") as out:
+            out.write(payload)
+        if payload_to == "-":
+            return
     for key, value in letter.items():
+        if key == "payload":
+            digest = hashlib.sha256(payload).hexdigest()
+            more = " ..." if len(payload) > 200 else ""
+            value = f"{len(payload):,} bytes, sha256 {digest}: {payload[:200]!r}{more}"
         click.echo(f"{key:>16}: {value}")
     click.echo("history:")
     for h in history:

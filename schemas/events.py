@@ -108,21 +108,45 @@ _decoder: Final[msgspec.json.Decoder[Event]] = msgspec.json.Decoder(Event)
 _loose: Final = msgspec.json.Decoder()
 
 
+# JSON can spell U+0000 only as an escape; a raw NUL byte is not JSON at all
+_NUL_ESCAPE: Final = b"\\u0000"
+NUL_DETAIL: Final = "a string holds U+0000 (NUL), which no PostgreSQL text column can store"
+
+
 def _valid_text(value: object) -> str | None:
-    if isinstance(value, str) and 1 <= len(value) <= MAX_TEXT:
+    if isinstance(value, str) and 1 <= len(value) <= MAX_TEXT and "\x00" not in value:
         return value
+    return None
+
+
+def _holds_nul(ev: Event) -> str | None:
+    """The first contract field whose string holds U+0000 (docs/semantics.md, "Input")."""
+    for name in ev.__struct_fields__:
+        value = getattr(ev, name)
+        if isinstance(value, str) and "\x00" in value:
+            return name
     return None
 
 
 def parse_event(raw: bytes | str) -> Event | Invalid:
     """Decode and validate one event; never raises on bad input."""
     try:
-        return _decoder.decode(raw)
+        ev = _decoder.decode(raw)
     except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as exc:
         detail = str(exc)
+    except RecursionError:  # nested deeper than the decoder goes: not an event either
+        return Invalid(None, None, "JSON is nested too deeply to be an event")
+    else:
+        nul_escape = _NUL_ESCAPE if isinstance(raw, bytes) else _NUL_ESCAPE.decode()
+        if nul_escape not in raw:  # type: ignore[operator]  # bytes in bytes, str in str
+            return ev
+        field = _holds_nul(ev)
+        if field is None:
+            return ev
+        detail = f"{NUL_DETAIL} - at `$.{field}`"
     try:
         loose = _loose.decode(raw)
-    except (msgspec.DecodeError, UnicodeDecodeError):
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         return Invalid(None, None, detail)
     if not isinstance(loose, dict):
         return Invalid(None, None, detail)

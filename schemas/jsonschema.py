@@ -28,6 +28,8 @@ VERSION: Final = "v1"
 DIRECTORY: Final = Path(__file__).parent / VERSION
 _DRAFT: Final = "https://json-schema.org/draft/2020-12/schema"
 _INTERNAL_PREFIX: Final = "__costtrace_"
+# any string but one holding U+0000, which no PostgreSQL text column stores (docs/semantics.md)
+NO_NUL_PATTERN: Final = "^[^\\u0000]*$"
 
 
 def _urn(name: str) -> str:
@@ -42,10 +44,12 @@ def _type_schema(t: mi.Type, name: str) -> dict[str, Any]:
         if t.max_length is not None:
             out["maxLength"] = t.max_length
         if name == "occurred_at":
-            out["format"] = "date-time"
+            out["format"] = "date-time"  # its pattern excludes U+0000 too
             out["pattern"] = YEAR_PATTERN
             years = f"years {FIRST_YEAR} to {LAST_YEAR}"
             out["description"] = f"RFC 3339 date-time with an offset, {years}; compared as an instant"
+        else:
+            out["pattern"] = NO_NUL_PATTERN
         return out
     if isinstance(t, mi.IntType):
         out = {

@@ -39,6 +39,7 @@ class Reason(StrEnum):
     SELF_TRANSFER = "self_transfer"
     INSUFFICIENT_STOCK = "insufficient_stock"
     ORDER_ARCHIVED = "order_archived"  # the fleet only: a refund of an order `costtrace archive` moved
+    WRONG_PARTITION = "wrong_partition"  # the fleet only: not on its account's (murmur2) partition
 
 
 class Record(msgspec.Struct, omit_defaults=True, gc=False):

@@ -57,3 +57,20 @@ def test_sample_command_is_deterministic() -> None:
         run("sample", "-n", "500", "--accounts", "50", "--seed", "3").stdout
         == run("sample", "-n", "500", "--accounts", "50", "--seed", "3").stdout
     )
+
+
+def test_replay_goes_on_past_hostile_lines() -> None:
+    """Deep nesting, a JSON-escaped NUL, invalid UTF-8, a 2 MB string: each one invalid_event, then on."""
+    hostile = [
+        b"[" * 50_000,
+        b'{"a":' * 50_000,
+        issued("b\x00", 5),  # a NUL, which JSON writes as an escape
+        b"\xff\xfe" + issued("b9", 5),
+        b'{"event_id":"' + b"x" * 2_000_000 + b'"}',
+    ]
+    log = b"\n".join([issued("b1", 5), *hostile, consumed("o1", 3)]) + b"\n"
+    done = run("replay", "-", "-o", "-", stdin=log)
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [r["kind"] for r in records] == ["issue", *["rejected"] * len(hostile), "consume"]
+    assert {r["reason"] for r in records if r["kind"] == "rejected"} == {"invalid_event"}
+    assert "invalid_event: 5" in done.stderr.decode()

@@ -7,6 +7,7 @@ import contextlib
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
 
 from topics.catalogue import Catalogue
@@ -29,21 +30,30 @@ async def partition_counts(bootstrap: str, names: list[str]) -> dict[str, int]:
 
 
 async def create(bootstrap: str, cat: Catalogue, replication: int) -> list[str]:
-    """Create the topics that are missing; return their names. Existing ones are checked."""
+    """Create the topics that are missing; return their names.
+
+    Existing ones are checked, and given the catalogue's configs (a newer
+    catalogue may set more, e.g. the dead letters' message size).
+    """
     cat.check_copartitioning()
     existing = await partition_counts(bootstrap, [t.name for t in cat.topics])
     missing = [t for t in cat.topics if t.name not in existing]
-    if missing:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-        await admin.start()
-        try:
-            for t in missing:
-                with contextlib.suppress(TopicAlreadyExistsError):  # created meanwhile by another
-                    await admin.create_topics(
-                        [NewTopic(t.name, t.partitions, replication, topic_configs=dict(t.configs))]
-                    )
-        finally:
-            await admin.close()
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        for t in missing:
+            with contextlib.suppress(TopicAlreadyExistsError):  # created meanwhile by another
+                await admin.create_topics(
+                    [NewTopic(t.name, t.partitions, replication, topic_configs=dict(t.configs))]
+                )
+        configured = [t for t in cat.topics if t.name in existing and t.configs]
+        if configured:
+            # AlterConfigs sets a topic's whole config: the catalogue's is all costtrace sets
+            await admin.alter_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, t.name, dict(t.configs)) for t in configured]
+            )
+    finally:
+        await admin.close()
     # new topics take a moment to appear in every broker's metadata
     for _ in range(50):
         try:

@@ -12,9 +12,13 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from schemas.events import EVENT_TYPES
+from workers.letters import LETTER_TOPIC_MAX_BYTES
 
 DAY_MS: Final = 24 * 3600 * 1000
 INPUT_RETENTION: Final = {"retention.ms": str(7 * DAY_MS), "cleanup.policy": "delete"}
+# a dead letter carries its message whole (workers/letters.py): room for the largest value a producer
+# can send to an input topic (the broker's default, 1 MiB after compression), and more
+LETTER_SIZE: Final = {"max.message.bytes": str(LETTER_TOPIC_MAX_BYTES)}
 ACCOUNT_GROUP: Final = "accounts"
 
 
@@ -156,7 +160,7 @@ def catalogue(prefix: str, partitions: int, app_id: str, retry_tiers: int = 4) -
                 key="account_id",
                 role="output",
                 description="rejected events with reason, detail, source position and payload",
-                configs={"retention.ms": str(30 * DAY_MS), "cleanup.policy": "delete"},
+                configs={"retention.ms": str(30 * DAY_MS), "cleanup.policy": "delete", **LETTER_SIZE},
             ),
             *(
                 TopicSpec(
@@ -165,7 +169,7 @@ def catalogue(prefix: str, partitions: int, app_id: str, retry_tiers: int = 4) -
                     key="account_id",
                     role="internal",
                     description=f"dead letters waiting out retry delay {tier} (compensator)",
-                    configs=INPUT_RETENTION,
+                    configs={**INPUT_RETENTION, **LETTER_SIZE},
                 )
                 for tier in range(retry_tiers)
             ),

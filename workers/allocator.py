@@ -15,7 +15,6 @@ Effectively once, end to end, on at-least-once delivery:
 
 from __future__ import annotations
 
-import base64
 import logging
 import os
 import time
@@ -25,10 +24,12 @@ from typing import Any, Final, NamedTuple
 
 import msgspec
 
+from costtrace._native import partition_for
 from costtrace.model.allocation import Outcome, Status, apply_archive, apply_credit, apply_event
 from costtrace.model.state import Archive, Credit, Position, Settled, Store
 from schemas.events import EVENT_TYPES, Event, Invalid, parse_event
-from schemas.records import Kind, Rejection
+from schemas.records import Kind, Reason, Rejection, rejection
+from workers.letters import INLINE_PAYLOAD_MAX, OMITTED, UTF8, DeadLetter, carried, printable
 
 log = logging.getLogger(__name__)
 
@@ -39,26 +40,6 @@ _json = msgspec.json.Encoder()
 _credit_decoder = msgspec.msgpack.Decoder(Credit)
 _archive_decoder = msgspec.json.Decoder(Archive)
 _TYPE_NAMES: Final = {cls: str(cls.__struct_config__.tag) for cls in EVENT_TYPES}
-
-
-class DeadLetter(msgspec.Struct, omit_defaults=True):
-    """What the dead-letter topic carries: the rejection, why, and the original message."""
-
-    event_id: str | None
-    kind: str
-    account_id: str | None
-    reason: str
-    detail: str | None
-    topic: str
-    partition: int
-    offset: int
-    key: str | None
-    payload: str  # the original bytes: UTF-8 text, or base64 when not UTF-8
-    payload_encoding: str  # "utf-8" | "base64"
-    message_timestamp_ms: int | None
-    attempt: int  # 1, then one more each time the compensator sends it again
-    dead_lettered_at_ms: int
-    origin: str | None = None  # topic:partition@offset of the first attempt (retries only)
 
 
 # NamedTuples, not frozen dataclasses: a few are made per event, and a frozen
@@ -102,7 +83,7 @@ class Message(NamedTuple):
         headers = dict(m.headers)
         return cls(
             m.topic, m.partition, m.offset, m.key, m.value, timestamp_ms,
-            _attempt(headers.get(ATTEMPT_HEADER)), _text(headers.get(ORIGIN_HEADER))[0],
+            _attempt(headers.get(ATTEMPT_HEADER)), _origin(headers.get(ORIGIN_HEADER)),
         )  # fmt: skip
 
     @property
@@ -118,17 +99,18 @@ def _attempt(raw: bytes | None) -> int:
         return 1
 
 
+def _origin(raw: bytes | None) -> str | None:
+    """The compensator's origin header (`topic:partition@offset`); anything else there counts as none."""
+    if not raw:
+        return None
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return None
+
+
 def decode_credit(value: bytes) -> Credit:
     return _credit_decoder.decode(value)
-
-
-def _text(raw: bytes | None) -> tuple[str | None, str]:
-    if raw is None:
-        return None, "utf-8"
-    try:
-        return raw.decode(), "utf-8"
-    except UnicodeDecodeError:
-        return base64.b64encode(raw).decode(), "base64"
 
 
 class Allocator:
@@ -143,8 +125,11 @@ class Allocator:
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
         skips: Callable[[str, int], bool] = lambda event_type, occurred_ns: False,
         archive_topic: str | None = None,
+        partitions: int | None = None,
     ) -> None:
+        """`partitions`: the input topics' partition count; each event must be on its account's."""
         self.store = store
+        self.partitions = partitions
         self.skips = skips
         self.archive_topic = archive_topic
         self.credits_topic = credits_topic
@@ -185,13 +170,24 @@ class Allocator:
         if not isinstance(ev, Invalid) and msg.key != ev.account_id.encode():
             # state is kept on the partition of the message key: an event keyed
             # by another account would land on the wrong worker's state
-            key, _ = _text(msg.key)
+            key = None if msg.key is None else msg.key.decode("utf-8", "backslashreplace")
             ev = Invalid(
                 ev.event_id,
                 ev.account_id,
                 f"message key {key!r} is not the event's account_id {ev.account_id!r}: "
                 "producers key every event by account_id",
             )
+        elif not isinstance(ev, Invalid) and self.partitions and msg.key is not None:
+            expected = partition_for(msg.key, self.partitions)
+            if msg.partition != expected:
+                # its account's other events are on the murmur2 partition, and so are its credits
+                rej = rejection(ev.event_id, ev.account_id, Reason.WRONG_PARTITION)
+                detail = (
+                    f"on partition {msg.partition}, but Kafka's default (murmur2) partitioner puts key "
+                    f"{ev.account_id!r} on {expected} of {self.partitions}: set the producer's partitioner "
+                    "to murmur2 (docs/producers.md)"
+                )
+                return Outcome(Status.REJECTED, ev.account_id, [], [], rej, detail)
         return apply_event(self.store, ev, position, settled)
 
     def _outputs(
@@ -215,28 +211,23 @@ class Allocator:
             out.append(Output(self.credits_topic, credit.to_account_id.encode(), blob, []))
         rej = outcome.rejection
         if rej is not None:
-            key_text, _ = _text(msg.key)
-            payload, encoding = _text(msg.value)
-            letter = DeadLetter(
-                rej.event_id,
-                rej.kind,
-                rej.account_id,
-                rej.reason,
-                outcome.detail,
-                msg.topic,
-                msg.partition,
-                msg.offset,
-                key_text,
-                payload or "",
-                encoding,
-                msg.timestamp_ms,
-                msg.attempt,
-                self.clock_ms(),
-                msg.origin,
-            )
-            key = (rej.account_id or key_text or "").encode()
-            out.append(Output(self.dead_letters_topic, key, _json.encode(letter), []))
+            out.append(Output(self.dead_letters_topic, *self._letter(rej, outcome.detail, msg), []))
         return out
+
+    def _letter(self, rej: Rejection, detail: str | None, msg: Message) -> tuple[bytes, bytes]:
+        """The dead letter's key (the account, else the message key) and value: the bytes kept exactly."""
+        key_text, key_encoding = (None, UTF8) if msg.key is None else carried(msg.key)
+        if len(msg.value) <= INLINE_PAYLOAD_MAX:
+            payload, encoding, size = (*carried(msg.value), None)
+        else:  # stays in its input topic, at the position the letter names
+            payload, encoding, size = "", OMITTED, len(msg.value)
+        letter = DeadLetter(
+            rej.event_id, rej.kind, rej.account_id, rej.reason, None if detail is None else printable(detail),
+            msg.topic, msg.partition, msg.offset, key_text, payload, encoding, msg.timestamp_ms, msg.attempt,
+            self.clock_ms(), msg.origin, key_encoding, size,
+        )  # fmt: skip
+        key = rej.account_id.encode() if rej.account_id is not None else (msg.key or b"")
+        return key, _json.encode(letter)
 
 
 class StopOnSendError:

@@ -606,6 +606,7 @@ def allocator_app(settings: Settings) -> faust.App:
         allocator = Allocator(
             store, cat.credits, cat.allocations, cat.dead_letters, archive_topic=cat.archive,
             skips=lambda event_type, occurred_ns: switch.current.skips(event_type, occurred_ns),
+            partitions=settings.partitions,
         )  # fmt: skip
         consumer: Any = app.consumer
         committed = consumer._committed_offset

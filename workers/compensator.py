@@ -21,7 +21,6 @@ redelivered letter may be sent twice: the model applies an event once.
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import os
 import time
@@ -35,9 +34,10 @@ import msgspec
 
 from costtrace.model.state import Position
 from topics.catalogue import retry_topic
-from workers.allocator import ATTEMPT_HEADER, ORIGIN_HEADER, DeadLetter
+from workers.allocator import ATTEMPT_HEADER, ORIGIN_HEADER
 from workers.app import RAW, _base_config, fleet_catalogue, guard_consumer, observe, without_monitor
 from workers.db import Database
+from workers.letters import OMITTED, DeadLetter
 from workers.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -80,12 +80,15 @@ class Park:
 
 FINAL: Final = "final reason"
 OUT_OF_ATTEMPTS: Final = "out of attempts"
+TOO_LONG: Final = "too long to carry: `costtrace dlq replay` reads it from its input"
 
 
 def decide(letter: DeadLetter, policy: RetryPolicy, now_ms: int) -> Retry | Park:
     """Retry a retryable reason with attempts left, after the delay of its tier; park the rest."""
     if letter.reason not in policy.reasons:
         return Park(FINAL)
+    if letter.payload_encoding == OMITTED:
+        return Park(TOO_LONG)
     if letter.attempt >= policy.attempts or not policy.delays:
         return Park(OUT_OF_ATTEMPTS)
     tier = min(letter.attempt - 1, len(policy.delays) - 1)
@@ -96,17 +99,13 @@ def origin_of(letter: DeadLetter) -> str:
     return letter.origin or Position(f"{letter.topic}:{letter.partition}", letter.offset).key
 
 
-def payload_bytes(payload: str, encoding: str) -> bytes:
-    return base64.b64decode(payload) if encoding == "base64" else payload.encode()
-
-
 def resend_headers(attempt: int, origin: str) -> list[tuple[str, bytes]]:
     return [(ATTEMPT_HEADER, str(attempt).encode()), (ORIGIN_HEADER, origin.encode())]
 
 
 PARK: Final = """
 INSERT INTO parked_letters (origin, event_id, account_id, reason, detail, attempts, why, topic,
-                            message_key, payload, payload_encoding, parked_at)
+                            message_key, payload, payload_size, parked_at)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
 ON CONFLICT (origin) DO UPDATE SET
     event_id = EXCLUDED.event_id, reason = EXCLUDED.reason, detail = EXCLUDED.detail,
@@ -118,7 +117,7 @@ ON CONFLICT (origin) DO UPDATE SET
 def park_args(letter: DeadLetter, why: str, now_ms: int) -> tuple[Any, ...]:
     return (
         origin_of(letter), letter.event_id, letter.account_id, letter.reason, letter.detail, letter.attempt,
-        why, letter.topic, letter.key, letter.payload, letter.payload_encoding,
+        why, letter.topic, letter.key_bytes, letter.payload_bytes, letter.payload_size,
         datetime.fromtimestamp(now_ms / 1000, UTC),
     )  # fmt: skip
 
@@ -174,9 +173,11 @@ def compensator_app(
             # a rebalance waits for messages in hand: put this one back, due as before
             await deliver(tier, (letter.account_id or "").encode(), raw, [(DUE_HEADER, str(due_ms).encode())])
             return
-        value = payload_bytes(letter.payload, letter.payload_encoding)
-        key = letter.key.encode() if letter.key is not None else None
-        await deliver(letter.topic, key, value, resend_headers(letter.attempt + 1, origin_of(letter)))
+        value = letter.payload_bytes
+        assert value is not None  # `decide` parks letters whose payload was left out
+        await deliver(
+            letter.topic, letter.key_bytes, value, resend_headers(letter.attempt + 1, origin_of(letter))
+        )
 
     @app.agent(app.topic(cat.dead_letters, **RAW), name="compensate")
     async def compensate(stream: Any) -> None:

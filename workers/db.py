@@ -24,9 +24,13 @@ RECORD_COLUMNS: Final = (
 DEAD_LETTER_COLUMNS: Final = (
     ("source_topic", "text"), ("source_partition", "integer"), ("source_offset", "bigint"),
     ("event_id", "text"), ("account_id", "text"), ("reason", "text"), ("detail", "text"),
-    ("message_key", "text"), ("payload", "text"), ("payload_encoding", "text"),
+    ("message_key", "bytea"), ("payload", "bytea"), ("payload_size", "bigint"),
     ("message_timestamp", "timestamptz"), ("attempt", "integer"), ("dead_lettered_at", "timestamptz"),
     ("origin", "text"),
+)  # fmt: skip
+REJECT_COLUMNS: Final = (
+    ("topic", "text"), ("partition", "integer"), ('"offset"', "bigint"), ("destination", "text"),
+    ("reason", "text"), ("message_key", "bytea"), ("value", "bytea"), ("headers", "bytea"),
 )  # fmt: skip
 
 
@@ -39,6 +43,34 @@ def _insert(table: str, columns: Sequence[tuple[str, str]]) -> str:
 
 INSERT_RECORDS: Final = _insert("records", RECORD_COLUMNS)
 INSERT_DEAD_LETTERS: Final = _insert("dead_letters", DEAD_LETTER_COLUMNS)
+INSERT_REJECTS: Final = _insert("sink_rejects", REJECT_COLUMNS)
+
+# SQLSTATE classes (https://www.postgresql.org/docs/current/errcodes-appendix.html)
+DATA_CLASSES: Final = frozenset({"22", "23"})  # data exception, integrity constraint violation
+TRANSIENT_CLASSES: Final = frozenset({"08", "40", "53", "55", "57", "58"})
+TRANSIENT_ERRORS: Final = (TimeoutError, OSError, asyncpg.InterfaceError)
+
+
+class RowsRefused(Exception):
+    """PostgreSQL refused a write for the data it holds: the same write will always fail."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.cause = cause
+
+
+def fault_of(exc: BaseException) -> str:
+    """Whose fault a failed write is: "data" (never retried), "transient" (retried), or "bug" (stop)."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    if isinstance(exc, asyncpg.PostgresError) and isinstance(sqlstate, str):
+        if sqlstate[:2] in DATA_CLASSES:
+            return "data"
+        if sqlstate[:2] in TRANSIENT_CLASSES:
+            return "transient"
+        return "bug"
+    if isinstance(exc, TRANSIENT_ERRORS):
+        return "transient"
+    return "bug"
 
 
 def sqlalchemy_url(dsn: str) -> str:
@@ -85,7 +117,11 @@ class Database:
             self._pool = None
 
     async def execute(self, sql: str, *args: Any) -> None:
-        """Run one idempotent statement in a transaction, retrying until it commits."""
+        """Run one idempotent statement in a transaction, retrying until it commits.
+
+        A refusal for the data (`fault_of`) raises `RowsRefused` at once; any
+        other error that is not transient is raised as it is.
+        """
         backoff = 0.1
         while True:
             try:
@@ -93,13 +129,12 @@ class Database:
                 async with pool.acquire() as conn, conn.transaction():
                     await conn.execute(sql, *args)
                 return
-            except (
-                TimeoutError,
-                OSError,
-                asyncpg.PostgresConnectionError,
-                asyncpg.InterfaceError,
-                asyncpg.exceptions.CannotConnectNowError,
-            ) as exc:
+            except Exception as exc:
+                fault = fault_of(exc)
+                if fault == "data":
+                    raise RowsRefused(exc) from exc
+                if fault != "transient":
+                    raise
                 self.retries += 1
                 log.warning("write to PostgreSQL failed (%r); retrying in %.1f s", exc, backoff)
                 await asyncio.sleep(backoff)
@@ -124,6 +159,10 @@ class Database:
     async def write_dead_letters(self, rows: Sequence[Sequence[Any]]) -> None:
         if rows:
             await self.write(INSERT_DEAD_LETTERS, list(zip(*rows, strict=True)))
+
+    async def write_rejects(self, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            await self.write(INSERT_REJECTS, list(zip(*rows, strict=True)))
 
 
 async def iter_records(dsn: str) -> AsyncIterator[asyncpg.Record]:

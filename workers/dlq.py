@@ -9,14 +9,17 @@ applied (contract rule 7).
 
 from __future__ import annotations
 
+import asyncio
 import re
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 import asyncpg
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from workers.compensator import payload_bytes, resend_headers
+from costtrace.model.state import Position
+from workers.compensator import resend_headers
 from workers.publish import reliable_producer
 
 _DURATION = re.compile(r"^(\d+)([smhd])$")
@@ -103,13 +106,15 @@ async def replay(dsn: str, bootstrap: str, f: Filter, again: bool = False) -> tu
     producer = reliable_producer(bootstrap, linger_ms=0)
     await producer.start()
     try:
-        columns = "origin, status, topic, message_key, payload, payload_encoding"
+        columns = "origin, status, topic, message_key, payload"
         rows = await conn.fetch(f"SELECT {columns} FROM parked_letters{where}", *args)
         sendable = [r for r in rows if again or r["status"] == "parked"]
         for r in sendable:
-            key = r["message_key"].encode() if r["message_key"] is not None else None
-            value = payload_bytes(r["payload"], r["payload_encoding"])
-            await producer.send_and_wait(r["topic"], value, key=key, headers=resend_headers(1, r["origin"]))
+            value = r["payload"]
+            if value is None:  # too long to travel in its letter: still in its input topic
+                value = await read_original(bootstrap, r["origin"])
+            headers = resend_headers(1, r["origin"])
+            await producer.send_and_wait(r["topic"], bytes(value), key=r["message_key"], headers=headers)
         await conn.execute(
             "UPDATE parked_letters SET status = 'replayed', resolved_at = now() WHERE origin = ANY($1)",
             [r["origin"] for r in sendable],
@@ -121,6 +126,30 @@ async def replay(dsn: str, bootstrap: str, f: Filter, again: bool = False) -> tu
     finally:
         await producer.stop()
         await conn.close()
+
+
+async def read_original(bootstrap: str, origin: str) -> bytes:
+    """The value of the message at `origin` (`topic:partition@offset`), read from Kafka.
+
+    Letters leave out values too long to carry (workers/letters.py); the
+    input topics keep them for their retention.
+    """
+    position = Position.parse(origin)
+    topic, partition = position.source.rsplit(":", 1)
+    tp = TopicPartition(topic, int(partition))
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, max_partition_fetch_bytes=1
+    )
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        consumer.seek(tp, position.offset)
+        message = await asyncio.wait_for(consumer.getone(tp), timeout=30)
+        if message.offset != position.offset or message.value is None:
+            raise LookupError(f"{origin} is no longer in its topic (retention): its payload is lost")
+        return bytes(message.value)
+    finally:
+        await consumer.stop()
 
 
 async def discard(dsn: str, f: Filter, note: str) -> int:

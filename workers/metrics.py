@@ -13,6 +13,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Final
 
 from aiohttp import web
 from prometheus_client import (
@@ -31,6 +32,10 @@ log = logging.getLogger(__name__)
 
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400)
 _BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2000, 5000)
+
+
+# rejections an alert watches: their series exist from a worker's start
+ALERTED_REASONS: Final = ("processing_error", "wrong_partition")
 
 
 @dataclass
@@ -69,6 +74,8 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        for reason in ALERTED_REASONS:
+            self.rejections.labels(reason)  # at 0 from the start: the first one is an increase
         self.dead_letters = Counter(
             "costtrace_dead_letters",
             "Dead letters the sink stored in PostgreSQL, by reason.",
@@ -87,6 +94,17 @@ class Metrics:
             ["table"],
             registry=r,
         )
+        self.sink_rejects = Counter(
+            "costtrace_sink_rejects",
+            "Messages whose row PostgreSQL refused for its data (or that no row could be made of), kept in "
+            "the sink_rejects table instead, by the table the row was for.",
+            ["table"],
+            registry=r,
+        )
+        for table in ("records", "dead_letters"):
+            self.sink_rejects.labels(
+                table
+            )  # present at 0 from the start, so the first one shows as an increase
         self.sink_retries = Counter(
             "costtrace_sink_retries", "Sink writes retried (PostgreSQL down or slow).", registry=r
         )

@@ -20,7 +20,8 @@ from collections.abc import Callable
 from typing import Any
 
 from aiokafka import TopicPartition
-from aiokafka.partitioner import murmur2
+
+from costtrace._native import partition_for
 
 _KNOWN_KEYS = 100_000  # keys whose partition an outbox remembers, per topic
 # most bytes a record without headers adds to a batch beyond its key and value
@@ -34,11 +35,6 @@ _NO_HEADERS: list[tuple[str, bytes]] = []  # never changed: aiokafka only reads 
 def fits_one_batch(size: int, records: int, batch_bytes: int) -> bool:
     """Whether `records` with `size` bytes of keys and values in all always fit one `batch_bytes` batch."""
     return size + _RECORD_OVERHEAD * records + _BATCH_HEADER <= batch_bytes
-
-
-def partition_for(key: bytes, partitions: int) -> int:
-    """Kafka's default partitioner for a keyed message (the Java client's, and aiokafka's)."""
-    return int(murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 class Outbox:
@@ -88,7 +84,7 @@ class Outbox:
     ) -> None:
         """Queue one record; without `partition`, it goes where Kafka's default partitioner puts its key."""
         if partition is None:
-            # murmur2 is pure Python: an account's partition is worked out once
+            # Kafka's default partitioner (murmur2); an account's partition is worked out once
             known = self._keyed[topic]
             partition = known.get(key)
             if partition is None:

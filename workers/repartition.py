@@ -17,8 +17,8 @@ from collections.abc import Callable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from costtrace._native import partition_for
 from topics.admin import partition_counts
-from workers.outbox import partition_for
 from workers.publish import reliable_producer
 from workers.state import account_of_key
 

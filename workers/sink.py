@@ -31,9 +31,9 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
 from schemas.records import Record
-from workers.allocator import DeadLetter
 from workers.app import fleet_catalogue
-from workers.db import DEAD_LETTER_COLUMNS, Database
+from workers.db import DEAD_LETTER_COLUMNS, Database, RowsRefused
+from workers.letters import DeadLetter, printable
 from workers.metrics import Health, Metrics, lag_of, serve
 from workers.settings import Settings
 
@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 _record = msgspec.json.Decoder(Record)
 _letter = msgspec.json.Decoder(DeadLetter)
+_headers = msgspec.msgpack.Encoder()
 DEAD_LETTER_REASON = [name for name, _ in DEAD_LETTER_COLUMNS].index("reason")
 # how long a stopping sink lets a batch in progress finish (PostgreSQL may be down)
 STOP_GRACE_SECONDS = 10.0
@@ -76,9 +77,9 @@ def dead_letter_row(value: bytes, headers: Headers = ()) -> tuple[Any, ...]:
         d.account_id,
         d.reason,
         d.detail,
-        d.key,
-        d.payload,
-        d.payload_encoding,
+        d.key_bytes,
+        d.payload_bytes,
+        d.payload_size,
         _at(d.message_timestamp_ms),
         d.attempt,
         _at(d.dead_lettered_at_ms),
@@ -86,17 +87,38 @@ def dead_letter_row(value: bytes, headers: Headers = ()) -> tuple[Any, ...]:
     )
 
 
+def reject_row(m: Any, destination: str, reason: str) -> tuple[Any, ...]:
+    """A `sink_rejects` row: the message as it is, and why its row was not written."""
+    headers = _headers.encode([[name, value] for name, value in m.headers]) if m.headers else None
+    return (m.topic, m.partition, m.offset, destination, printable(reason), m.key, m.value or b"", headers)
+
+
 def rows(
-    messages: Iterable[Any], convert: Callable[[bytes, Headers], tuple[Any, ...]]
-) -> list[tuple[Any, ...]]:
-    """Rows of these messages (`value`, `headers`); one the allocator could not have written is skipped."""
-    out = []
+    messages: Iterable[Any], convert: Callable[[bytes, Headers], tuple[Any, ...]], destination: str
+) -> tuple[list[Any], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """(messages, their rows) of those that convert, and reject rows for those that do not.
+
+    A message the allocator could not have written (say, a hand-made one) is kept as it is.
+    """
+    kept, out, rejects = [], [], []
     for m in messages:
         try:
-            out.append(convert(m.value, m.headers or ()))
-        except (msgspec.DecodeError, msgspec.ValidationError, KeyError, ValueError, IndexError, TypeError):
-            log.error("unreadable message at %s:%s@%s skipped", m.topic, m.partition, m.offset, exc_info=True)
-    return out
+            row = convert(m.value, m.headers or ())
+        except (
+            msgspec.DecodeError,
+            msgspec.ValidationError,
+            KeyError,
+            ValueError,
+            IndexError,
+            TypeError,
+        ) as exc:
+            log.error("unreadable message at %s:%s@%s kept in sink_rejects: %r", m.topic, m.partition,
+                      m.offset, exc)  # fmt: skip
+            rejects.append(reject_row(m, destination, f"unreadable: {type(exc).__name__}: {exc}"))
+            continue
+        kept.append(m)
+        out.append(row)
+    return kept, out, rejects
 
 
 def latencies(headers: Iterable[Headers], now_ms: int) -> tuple[list[float], list[float]]:
@@ -166,26 +188,72 @@ class Sink:
                 await self.commit({tp: ms[-1].offset + 1 for tp, ms in got.items() if ms})
 
     async def persist(self, got: dict[TopicPartition, list[Any]]) -> None:
-        """Write a batch's records and dead letters; returns once PostgreSQL has committed both."""
+        """Write a batch's records and dead letters; returns once PostgreSQL has committed both.
+
+        Rows PostgreSQL refuses for their data go to `sink_rejects` instead
+        (`_write_or_set_aside`), so that no message a producer sent can stop the sink.
+        """
         records = [m for tp, ms in got.items() if tp.topic == self.records_topic for m in ms]
         letters = [m for tp, ms in got.items() if tp.topic == self.dead_letters_topic for m in ms]
+        rejects: list[tuple[Any, ...]] = []
         if records:
-            batch = rows(records, record_row)
-            await self._write("records", batch, self.db.write_records(batch))
+            kept, batch, unread = rows(records, record_row, "records")
+            rejects += unread
+            rejects += await self._write_or_set_aside("records", kept, batch, self.db.write_records)
             by_event, by_broker = latencies((m.headers or () for m in records), int(time.time() * 1000))
             for clock, seconds in (("event", by_event), ("broker", by_broker)):
                 histogram = self.metrics.end_to_end.labels(clock)
                 for s in seconds:
                     histogram.observe(s)
         if letters:
-            batch = rows(letters, dead_letter_row)
-            await self._write("dead_letters", batch, self.db.write_dead_letters(batch))
+            kept, batch, unread = rows(letters, dead_letter_row, "dead_letters")
+            rejects += unread
+            rejects += await self._write_or_set_aside("dead_letters", kept, batch, self.db.write_dead_letters)
             for row in batch:
                 self.metrics.dead_letters.labels(row[DEAD_LETTER_REASON]).inc()
+        if rejects:
+            await self.db.write_rejects(rejects)
+            for row in rejects:
+                self.metrics.sink_rejects.labels(row[3]).inc()
 
-    async def _write(self, table: str, batch: list[tuple[Any, ...]], write: Awaitable[None]) -> None:
+    async def _write_or_set_aside(
+        self,
+        table: str,
+        messages: list[Any],
+        batch: list[tuple[Any, ...]],
+        write: Callable[[list[tuple[Any, ...]]], Awaitable[None]],
+    ) -> list[tuple[Any, ...]]:
+        """Write `batch`; if PostgreSQL refuses it for its data, write all but the rows it refuses.
+
+        Halves are tried in turn (about 2 log2(n) statements per refused row),
+        so the good rows around a bad one still land. Returns reject rows for
+        the refused ones.
+        """
+        try:
+            await self._write(table, batch, write)
+            return []
+        except RowsRefused as refused:
+            if len(batch) == 1:
+                m = messages[0]
+                log.error("PostgreSQL refused the %s row of %s:%s@%s, kept in sink_rejects: %s",
+                          table, m.topic, m.partition, m.offset, refused)  # fmt: skip
+                return [reject_row(m, table, f"refused by PostgreSQL: {refused}")]
+        half = len(batch) // 2
+        return [
+            *await self._write_or_set_aside(table, messages[:half], batch[:half], write),
+            *await self._write_or_set_aside(table, messages[half:], batch[half:], write),
+        ]
+
+    async def _write(
+        self,
+        table: str,
+        batch: list[tuple[Any, ...]],
+        write: Callable[[list[tuple[Any, ...]]], Awaitable[None]],
+    ) -> None:
+        if not batch:
+            return
         started = time.monotonic()
-        await write
+        await write(batch)
         m = self.metrics
         m.sink_batch_seconds.labels(table).observe(time.monotonic() - started)
         m.sink_batch_rows.labels(table).observe(len(batch))

@@ -168,6 +168,14 @@ class Position(msgspec.Struct, frozen=True, array_like=True, gc=False):
     def key(self) -> str:
         return f"{self.source}@{self.offset}"
 
+    @classmethod
+    def parse(cls, key: str) -> Position:
+        """The position a `key` (`topic:partition@offset`) names."""
+        source, sep, offset = key.rpartition("@")
+        if not sep or ":" not in source or not offset.isdigit():
+            raise ValueError(f"not a position (topic:partition@offset): {key!r}")
+        return cls(source, int(offset))
+
 
 class Settled(Protocol):
     """Per source, the offset below which the fleet never reads again (its committed offset)."""

@@ -12,6 +12,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod instant;
 mod model;
+mod partition;
 mod state;
 mod store;
 
@@ -375,6 +376,15 @@ fn event_key(account_id: &str, event_id: &str) -> String {
     model::event_key(account_id, event_id)
 }
 
+/// The partition Kafka's default (murmur2) partitioner gives a record keyed `key`, of `partitions`.
+#[pyfunction]
+fn partition_for(key: &[u8], partitions: u32) -> PyResult<u32> {
+    if partitions == 0 {
+        return Err(PyValueError::new_err("a topic has at least one partition"));
+    }
+    Ok(partition::partition_for(key, partitions))
+}
+
 /// Nanoseconds since the epoch of an RFC 3339 date-time, or None where `parse_rfc3339` must decide.
 #[pyfunction(name = "instant")]
 fn parse_instant(text: &str) -> Option<i64> {
@@ -388,5 +398,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("FIRST_YEAR", instant::FIRST_YEAR)?;
     m.add("LAST_YEAR", instant::LAST_YEAR)?;
     m.add_function(wrap_pyfunction!(event_key, m)?)?;
+    m.add_function(wrap_pyfunction!(partition_for, m)?)?;
     Ok(())
 }

@@ -13,8 +13,9 @@ from costtrace.model.state import MemoryStore
 from schemas.records import Record
 from tests.model.helpers import consumed, issued
 
-# ids as producers may send them: any character, control characters and quotes included
-ids = st.text(st.characters(codec="utf-8"), min_size=1, max_size=40)
+# ids as producers may send them: any character but U+0000 (an invalid_event), control characters and
+# quotes included
+ids = st.text(st.characters(codec="utf-8", blacklist_characters="\x00"), min_size=1, max_size=40)
 
 
 @settings(max_examples=300, deadline=None)

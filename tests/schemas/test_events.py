@@ -51,6 +51,14 @@ def test_a_valid_event_parses_with_its_instant() -> None:
         (GOOD.replace(b"10:00:00Z", b"10:00:00"), ("e1", "a")),
         (GOOD.replace(b'"event_id":"e1"', b'"event_id":7'), (None, "a")),
         (GOOD.replace(b'"account_id":"a"', b'"account_id":""'), ("e1", None)),
+        # U+0000, which only a JSON escape can carry: no PostgreSQL text column stores it
+        (GOOD.replace(b'"order_id":"o"', b'"order_id":"o\\u0000"'), ("e1", "a")),
+        (GOOD.replace(b'"event_id":"e1"', b'"event_id":"\\u0000"'), (None, "a")),
+        (GOOD.replace(b'"account_id":"a"', b'"account_id":"a\\u0000"'), ("e1", None)),
+        (b"acct-g8\t\x00\x01\x02binary\xff", (None, None)),
+        (b"[" * 50_000, (None, None)),
+        (b'{"a":' * 50_000, (None, None)),
+        (b'{"event_id":"e1","account_id":"a","x":' + b"[" * 50_000, (None, None)),
     ],
 )
 def test_invalid_inputs_are_invalid_with_what_ids_they_have(
@@ -60,6 +68,12 @@ def test_invalid_inputs_are_invalid_with_what_ids_they_have(
     assert isinstance(got, Invalid)
     assert (got.event_id, got.account_id) == ids
     assert got.detail  # a clear error for the dead letter
+
+
+def test_an_escaped_backslash_before_u0000_is_no_nul() -> None:
+    ok = GOOD.replace(b'"order_id":"o"', b'"order_id":"o\\\\u0000"')
+    ev = parse_event(ok)
+    assert isinstance(ev, Consumed) and ev.order_id == "o\\u0000"
 
 
 def test_strings_count_characters_not_bytes() -> None:

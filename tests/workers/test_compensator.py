@@ -6,7 +6,6 @@ import asyncio
 
 import pytest
 
-from workers.allocator import DeadLetter
 from workers.compensator import (
     FINAL,
     OUT_OF_ATTEMPTS,
@@ -18,6 +17,7 @@ from workers.compensator import (
     wait_until_due,
 )
 from workers.dlq import Filter, parse_age
+from workers.letters import DeadLetter
 
 POLICY = RetryPolicy(
     frozenset({"unknown_order", "insufficient_stock"}), attempts=4, delays=(5.0, 30.0, 120.0)

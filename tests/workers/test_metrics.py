@@ -139,6 +139,6 @@ def test_a_producers_odd_headers_count_as_a_first_attempt() -> None:
         headers = (("costtrace-attempt", b"abc"), ("costtrace-origin", b"\xff"))
 
     msg = Message.of(Raw())
-    assert msg.attempt == 1 and msg.origin is not None
+    assert msg.attempt == 1 and msg.origin is None
     handled = Allocator(MemoryStore(), "credits", "allocations", "dead-letters").handle(msg)
     assert handled.outcome.status.value == "applied"

@@ -11,8 +11,9 @@ from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.record.default_records import DefaultRecordBatch
 from aiokafka.structs import RecordMetadata, TopicPartition
 
+from costtrace._native import partition_for
 from workers import outbox
-from workers.outbox import Outbox, partition_for
+from workers.outbox import Outbox
 
 
 class Broker:

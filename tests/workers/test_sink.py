@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import pytest
 from aiokafka import TopicPartition
 from aiokafka.errors import CommitFailedError
@@ -14,9 +16,11 @@ from costtrace.model.state import MemoryStore
 from tests.model.helpers import consumed, issued
 from workers.allocator import Allocator, Message
 from workers.app import fleet_catalogue
+from workers.db import RowsRefused
+from workers.letters import INLINE_PAYLOAD_MAX
 from workers.metrics import Metrics
 from workers.settings import Settings
-from workers.sink import Sink
+from workers.sink import Sink, dead_letter_row
 
 SETTINGS = Settings(topic_prefix="t", sink_app_id="t-sink")
 CAT = fleet_catalogue(SETTINGS)
@@ -33,6 +37,7 @@ class Kafka:
     offset: int
     value: bytes
     headers: list[tuple[str, bytes]]
+    key: bytes | None = b"alice"
 
 
 def outputs(*raw: bytes) -> list[Kafka]:
@@ -84,16 +89,26 @@ class Database:
     retries: int = 0
     records: list[tuple[Any, ...]] = field(default_factory=list)
     letters: list[tuple[Any, ...]] = field(default_factory=list)
+    rejects: list[tuple[Any, ...]] = field(default_factory=list)
+    refuses: Callable[[tuple[Any, ...]], bool] = lambda row: False  # PostgreSQL refuses such rows
+    statements: int = 0
 
     async def write_records(self, rows: list[tuple[Any, ...]]) -> None:
+        self.statements += 1
         if self.fail:
             raise RuntimeError("a bug")
+        if any(self.refuses(r) for r in rows):  # the whole statement fails, as in a transaction
+            raise RowsRefused(ValueError("invalid byte sequence for encoding UTF8: 0x00"))
         self.log.append(f"records {len(rows)}")
         self.records += rows
 
     async def write_dead_letters(self, rows: list[tuple[Any, ...]]) -> None:
         self.log.append(f"dead_letters {len(rows)}")
         self.letters += rows
+
+    async def write_rejects(self, rows: list[tuple[Any, ...]]) -> None:
+        self.log.append(f"rejects {len(rows)}")
+        self.rejects += rows
 
 
 def sink(batches: list[dict[TopicPartition, list[Kafka]]]) -> tuple[Sink, Consumer, Database, asyncio.Event]:
@@ -140,10 +155,51 @@ async def test_a_commit_a_rebalance_refuses_is_left_to_the_new_owner() -> None:
     assert s.membership.committed == {}
 
 
-async def test_an_unreadable_message_is_skipped_and_its_offset_still_committed() -> None:
+async def test_an_unreadable_message_is_kept_aside_and_its_offset_still_committed() -> None:
     good = outputs(issued("b1", 5))[0]
-    bad = Kafka(RECORDS.topic, 0, 1, b"{not a record", good.headers)
+    bad = Kafka(RECORDS.topic, 0, 1, b"{not a record", good.headers, key=None)
     s, consumer, db, stopping = sink([{RECORDS: [good, bad]}])
     await s.run(stopping)
     assert len(db.records) == 1
+    [reject] = db.rejects
+    assert reject[:4] == (RECORDS.topic, 0, 1, "records") and reject[5:7] == (None, b"{not a record")
+    assert reject[4].startswith("unreadable: DecodeError")
+    assert msgspec.msgpack.decode(reject[7]) == [[k, v] for k, v in good.headers]
     assert consumer.commits == [{RECORDS: 2}]
+    assert s.metrics.sink_rejects.labels("records")._value.get() == 1
+
+
+async def test_rows_postgresql_refuses_are_kept_aside_and_the_rest_written() -> None:
+    """One bad row among many: the batch is halved until it is alone; the good ones all land."""
+    msgs = outputs(*(issued(f"b{i}", 5 + i) for i in range(9)))
+    s, consumer, db, stopping = sink([{RECORDS: msgs}])
+    bad = {3, 7}
+    db.refuses = lambda row: row[6] - 5 in bad  # by amount: b3 and b7
+    await s.run(stopping)
+    assert sorted(r[6] - 5 for r in db.records) == [0, 1, 2, 4, 5, 6, 8]
+    assert sorted(r[2] for r in db.rejects) == [msgs[3].offset, msgs[7].offset]
+    assert all(r[4].startswith("refused by PostgreSQL: ValueError") for r in db.rejects)
+    assert db.rejects[0][6] == msgs[3].value  # the message as it was, to look at and send again
+    assert consumer.commits == [{RECORDS: 9}]
+    assert db.statements <= 1 + 2 * 2 * 4  # about 2 log2(n) statements per refused row
+
+
+def test_a_dead_letter_row_holds_the_key_and_value_byte_for_byte() -> None:
+    value, key = b"acct-g8\t\x00\x01\x02binary\xff", b"\xfe\x00k"
+    allocator = Allocator(MemoryStore(), CAT.credits, CAT.allocations, CAT.dead_letters, clock_ms=lambda: 5)
+    [letter] = allocator.handle(Message(INPUT, 0, 7, key, value, 1_000)).outputs
+    row = dead_letter_row(letter.value)
+    assert (row[7], row[8], row[9]) == (key, value, None)
+    assert row[5] == "invalid_event"
+    utf8 = b'{"event_id":"\x01"}'
+    [letter] = allocator.handle(Message(INPUT, 0, 8, None, utf8, 1_000)).outputs
+    assert dead_letter_row(letter.value)[7:10] == (None, utf8, None)
+
+
+def test_a_value_too_long_for_its_letter_is_left_out_and_named() -> None:
+    value = b"x" * (INLINE_PAYLOAD_MAX + 1)
+    allocator = Allocator(MemoryStore(), CAT.credits, CAT.allocations, CAT.dead_letters, clock_ms=lambda: 5)
+    [letter] = allocator.handle(Message(INPUT, 2, 9, b"k", value, 1_000)).outputs
+    assert len(letter.value) < 2_000
+    row = dead_letter_row(letter.value)
+    assert row[:3] == (INPUT, 2, 9) and row[7:10] == (b"k", None, len(value))
