@@ -31,7 +31,7 @@ def _open_out(stack: ExitStack, path: str) -> BinaryIO:
 
 
 @main.command()
-@click.argument("events", type=click.Path(allow_dash=True, dir_okay=False))
+@click.argument("events", type=click.Path(allow_dash=True, dir_okay=False), required=False)
 @click.option(
     "-o",
     "--output",
@@ -45,11 +45,26 @@ def _open_out(stack: ExitStack, path: str) -> BinaryIO:
     default=None,
     help="Show a progress bar (default: when stderr is a terminal and EVENTS is a file).",
 )
-def replay(events: str, output: str, progress: bool | None) -> None:
+@click.option(
+    "--from-topics",
+    is_flag=True,
+    help="Replay the fleet's retained input topics (COSTTRACE_* settings) in the fleet's log order "
+    "instead of a file: the records the fleet must have written.",
+)
+def replay(events: str | None, output: str, progress: bool | None, from_topics: bool) -> None:
     """Apply an event log (JSON lines) in order and write every allocation record.
 
     Use '-' for standard input or output. A summary goes to standard error.
+    With --from-topics, the log is the fleet's input topics, merged in the
+    fleet's log order (docs/semantics.md, "Log order").
     """
+    if from_topics:
+        if events is not None:
+            raise click.UsageError("give EVENTS or --from-topics, not both")
+        _replay_topics(output)
+        return
+    if events is None:
+        raise click.UsageError("missing EVENTS (a file, or '-' for standard input), or --from-topics")
     from costtrace.model.state import MemoryStore
     from costtrace.replay import replay as run_replay
 
@@ -77,6 +92,76 @@ def replay(events: str, output: str, progress: bool | None) -> None:
     rate = summary.events / elapsed if elapsed > 0 else 0.0
     click.echo(f"elapsed: {elapsed:.2f} s ({rate:,.0f} events/s)", err=True)
     _exit_without_freeing()
+
+
+def _replay_topics(output: str) -> None:
+    import asyncio
+
+    import msgspec
+
+    from workers.app import fleet_catalogue
+    from workers.audit import TruncatedLog, read_inputs, replay_records
+
+    settings = _settings()
+    cat = fleet_catalogue(settings)
+    try:
+        records = asyncio.run(read_inputs(settings.kafka_bootstrap, cat, settings.partitions))
+    except TruncatedLog as exc:
+        raise click.ClickException(f"cannot replay the topics: {exc}") from exc
+    counts: dict[str, int] = {}
+    with ExitStack() as stack:
+        dst = _open_out(stack, output)
+        for topic, value in replay_records(cat, settings.partitions, records):
+            if topic == cat.allocations:
+                dst.write(value + b"\n")
+                counts["records"] = counts.get("records", 0) + 1
+            elif topic == cat.dead_letters:
+                letter = msgspec.json.decode(value)
+                if letter["reason"] == "late_event":
+                    continue
+                rejection = {k: letter[k] for k in ("event_id", "kind", "account_id", "reason")}
+                dst.write(msgspec.json.encode(rejection) + b"\n")
+                counts["rejections"] = counts.get("rejections", 0) + 1
+        dst.flush()
+    click.echo(f"events: {len(records)}", err=True)
+    for name, n in counts.items():
+        click.echo(f"{name}: {n}", err=True)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="every finding as JSON, for tools")
+@click.option("--limit", default=10, show_default=True, help="accounts shown in the summary")
+def audit(as_json: bool, limit: int) -> None:
+    """Compare PostgreSQL with replay of the topics, account by account; exit 1 on any difference.
+
+    Replays the fleet's retained input topics in its log order and checks
+    that PostgreSQL holds exactly those records (hot and archived) and
+    rejections. Needs input topics still whole (retention has deleted none).
+    """
+    import asyncio
+    import dataclasses
+    import json
+
+    from workers.app import fleet_catalogue
+    from workers.audit import TruncatedLog
+    from workers.audit import audit as run_audit
+
+    settings = _settings()
+    try:
+        result = asyncio.run(
+            run_audit(
+                settings.kafka_bootstrap, settings.postgres_dsn.get_secret_value(), fleet_catalogue(settings),
+                settings.partitions,
+            )
+        )  # fmt: skip
+    except TruncatedLog as exc:
+        raise click.ClickException(f"cannot audit: {exc}") from exc
+    if as_json:
+        click.echo(json.dumps({"ok": result.ok, **dataclasses.asdict(result)}, default=str))
+    else:
+        for line in result.summary(limit):
+            click.echo(line)
+    sys.exit(0 if result.ok else 1)
 
 
 def _exit_without_freeing() -> None:
@@ -123,9 +208,11 @@ def demo(n_events: int, accounts: int, seed: int, allocators: int, offline: bool
     """The main job: a simulated day of traffic through the fleet, and finance's report.
 
     Starts the local stack (deploy/stack up), creates the topics and the
-    schema, runs the allocators and a sink, publishes the day, waits until
-    every record is in PostgreSQL, and reports per budget from there, with
-    throughput and latency. --offline replays the same day without the fleet.
+    schema, runs the allocators and a sink, publishes the day (each record
+    stamped with its event's time, as an outbox relay does), waits until
+    every record is in PostgreSQL, and reports per budget from there, beside
+    the offline replay of the same day in the fleet's log order; they must
+    match (exit 1 if not). --offline replays the same day without the fleet.
     """
     from pathlib import Path
 
@@ -137,6 +224,7 @@ def demo(n_events: int, accounts: int, seed: int, allocators: int, offline: bool
         run(n_events, accounts, seed, allocators, root, click.echo)
         return
 
+    from costtrace.order import fleet_order
     from costtrace.replay import replay as run_replay
     from costtrace.report import report
     from costtrace.sample import write_log
@@ -145,9 +233,11 @@ def demo(n_events: int, accounts: int, seed: int, allocators: int, offline: bool
     events, records = root / "events.jsonl", root / "records.jsonl"
     click.echo(f"generating {n_events:,} events over {accounts:,} accounts -> {events}")
     write_log(str(events), n_events, accounts, seed)
+    partitions = _settings().partitions
+    click.echo(f"replaying them in the order the fleet applies them once published ({partitions} partitions)")
     started = time.perf_counter()
     with events.open("rb") as src, records.open("wb") as dst:
-        summary = run_replay(src, dst)
+        summary = run_replay(fleet_order(src.read().splitlines(), partitions), dst)
     elapsed = time.perf_counter() - started
     click.echo(f"replayed into {records} in {elapsed:.1f} s ({summary.events / elapsed:,.0f} events/s)")
     for line in summary.lines():

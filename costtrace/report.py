@@ -63,3 +63,19 @@ def report(records: Iterable[Record | Rejection]) -> Report:
     for rec in records:
         rep.add(rec)
     return rep
+
+
+def differences(a: Report, b: Report) -> list[str]:
+    """Where two reports of the same day disagree: per budget and column, debt, rejections by reason."""
+    out = []
+    for budget in sorted(set(a.budgets) | set(b.budgets)):
+        x, y = a.budgets.get(budget, BudgetLine()), b.budgets.get(budget, BudgetLine())
+        for column in ("issued", "consumed", "refunded", "outstanding"):
+            if getattr(x, column) != getattr(y, column):
+                out.append(f"{budget} {column}: {getattr(x, column):,} against {getattr(y, column):,}")
+    if a.debt != b.debt:
+        out.append(f"debt on SUSPENSE: {a.debt:,} against {b.debt:,}")
+    for reason in sorted(set(a.rejections) | set(b.rejections)):
+        if a.rejections[reason] != b.rejections[reason]:
+            out.append(f"rejections {reason}: {a.rejections[reason]:,} against {b.rejections[reason]:,}")
+    return out

@@ -15,6 +15,17 @@ from schemas.events import EVENT_TYPES
 from workers.letters import LETTER_TOPIC_MAX_BYTES
 
 DAY_MS: Final = 24 * 3600 * 1000
+# The input topics are the log the fleet's answer is made from: `costtrace replay --from-topics` and
+# `costtrace audit` read them from the start, so they keep every event. Their records carry the
+# events' own times (docs/producers.md), which can be months old: Kafka's time-based retention and
+# segment rolling go by record timestamps, and would delete a historical load at once, and roll a
+# segment per batch. So neither applies; plan the disk (or tiered storage) for the whole log.
+INPUT_LOG: Final = {
+    "retention.ms": "-1",
+    "segment.ms": str(2**63 - 1),
+    "cleanup.policy": "delete",
+    "message.timestamp.type": "CreateTime",
+}
 INPUT_RETENTION: Final = {"retention.ms": str(7 * DAY_MS), "cleanup.policy": "delete"}
 # a dead letter carries its message whole (workers/letters.py): room for the largest value a producer
 # can send to an input topic (the broker's default, 1 MiB after compression), and more
@@ -111,7 +122,7 @@ def catalogue(prefix: str, partitions: int, app_id: str, retry_tiers: int = 4) -
             role="input",
             description=f"`{t.kind}` events from producers",
             event_types=(t.kind,),
-            configs=INPUT_RETENTION,
+            configs=INPUT_LOG,
             copartition_group=ACCOUNT_GROUP,
         )
         for t in EVENT_TYPES
@@ -134,7 +145,7 @@ def catalogue(prefix: str, partitions: int, app_id: str, retry_tiers: int = 4) -
                 key="account_id",
                 role="internal",
                 description="orders `costtrace archive` moved, for their account's state",
-                configs=INPUT_RETENTION,
+                configs=INPUT_LOG,  # part of the log replay and the audit read
                 copartition_group=ACCOUNT_GROUP,
             ),
             TopicSpec(

@@ -27,15 +27,26 @@ import msgspec
 from costtrace._native import partition_for
 from costtrace.model.allocation import Outcome, Status, apply_archive, apply_credit, apply_event
 from costtrace.model.state import Archive, Credit, Position, Settled, Store
+from costtrace.order import OrderKey
 from schemas.events import EVENT_TYPES, Event, Invalid, parse_event
 from schemas.records import Kind, Reason, Rejection, rejection
-from workers.letters import INLINE_PAYLOAD_MAX, OMITTED, UTF8, DeadLetter, carried, printable
+from workers.letters import (
+    ATTEMPT_HEADER,
+    INLINE_PAYLOAD_MAX,
+    OMITTED,
+    ORIGIN_HEADER,
+    UTF8,
+    DeadLetter,
+    carried,
+    printable,
+)
+from workers.merge import ORDER_HEADER
 
 log = logging.getLogger(__name__)
 
 PROCESSING_ERROR: Final = "processing_error"
-ATTEMPT_HEADER: Final = "costtrace-attempt"
-ORIGIN_HEADER: Final = "costtrace-origin"
+LATE_EVENT: Final = "late_event"  # not a rejection: the letter that reports an event applied late
+LATE_KIND: Final = "late"
 _json = msgspec.json.Encoder()
 _credit_decoder = msgspec.msgpack.Decoder(Credit)
 _archive_decoder = msgspec.json.Decoder(Archive)
@@ -60,6 +71,7 @@ class Handled(NamedTuple):
     outputs: list[Output]
     event_type: str  # the contract's type, "credit", or "invalid"
     occurred_ms: int | None  # the event's own time, when it has a valid one
+    late: bool = False  # applied after events later in the log order (workers/merge.py)
 
 
 class Message(NamedTuple):
@@ -109,6 +121,17 @@ def _origin(raw: bytes | None) -> str | None:
         return None
 
 
+def credit_position(msg: Message, order: OrderKey) -> Position:
+    """Where the model keeps a credit's place: its sender's own partition of the credits partition.
+
+    Credits from every sender share a credits partition, and a receiver
+    applies them by their transfers' order, not by their offsets there; the
+    model's markers need a source whose positions each account applies in
+    increasing order. One sender's credits are: by its transfer's offset.
+    """
+    return Position(f"{msg.topic}:{msg.partition}/{order.partition}", order.offset)
+
+
 def decode_credit(value: bytes) -> Credit:
     return _credit_decoder.decode(value)
 
@@ -137,19 +160,33 @@ class Allocator:
         self.dead_letters_topic = dead_letters_topic
         self.clock_ms = clock_ms
 
-    def handle(self, msg: Message, settled: Settled | None = None) -> Handled:
-        """`settled`: the group's committed offsets, by source (outputs below them are let go)."""
+    def handle(
+        self, msg: Message, settled: Settled | None = None, order: OrderKey | None = None, late: bool = False
+    ) -> Handled:
+        """`settled`: the group's committed offsets, by source (outputs below them are let go).
+
+        `order`: the message's place in the log order, which its credits carry
+        to their receivers; `late`: it comes after messages later in that order
+        (workers/merge.py). A late message that changes its account is applied,
+        counted and reported with a `late_event` letter, from which the
+        compensator re-drives the account's parked rejections.
+        """
         position = msg.position
-        event_type, occurred_ms = "invalid", None
+        if order is not None and msg.topic == self.credits_topic:
+            position = credit_position(msg, order)
+        event_type, occurred_ms, event_id = "invalid", None, None
         try:
             if msg.topic == self.credits_topic:
                 event_type = "credit"
-                outcome = apply_credit(self.store, decode_credit(msg.value), position, settled)
+                credit = decode_credit(msg.value)
+                event_id = credit.event_id
+                outcome = apply_credit(self.store, credit, position, settled)
             elif msg.topic == self.archive_topic:
                 event_type = "archive"
                 outcome = apply_archive(self.store, _archive_decoder.decode(msg.value), position, settled)
             else:
                 ev = parse_event(msg.value)
+                event_id = ev.event_id
                 if not isinstance(ev, Invalid):
                     event_type, occurred_ms = _TYPE_NAMES[type(ev)], ev.occurred_ns // 1_000_000
                     if self.skips(event_type, ev.occurred_ns):
@@ -162,7 +199,20 @@ class Allocator:
             detail = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"
             rej = Rejection(None, Kind.REJECTED.value, None, PROCESSING_ERROR)
             outcome = Outcome(Status.REJECTED, None, [], [], rej, detail)
-        return Handled(outcome, self._outputs(outcome, msg, position, occurred_ms), event_type, occurred_ms)
+        outputs = self._outputs(outcome, msg, position, occurred_ms, order)
+        late = late and outcome.status is Status.APPLIED
+        if late:
+            log.warning(
+                "late %s event %r of account %r at %s: applied after events later in the log order (%s)",
+                event_type, event_id, outcome.account_id, position.key, order,
+            )  # fmt: skip
+            rej = Rejection(event_id, LATE_KIND, outcome.account_id, LATE_EVENT)
+            detail = (
+                f"applied late: its place in the log order ({order}) is before events its partition had "
+                "already applied; the compensator re-drives the account's parked rejections"
+            )
+            outputs.append(Output(self.dead_letters_topic, *self._letter(rej, detail, msg), []))
+        return Handled(outcome, outputs, event_type, occurred_ms, late)
 
     def _apply(
         self, msg: Message, ev: Event | Invalid, position: Position, settled: Settled | None
@@ -191,7 +241,12 @@ class Allocator:
         return apply_event(self.store, ev, position, settled)
 
     def _outputs(
-        self, outcome: Outcome, msg: Message, position: Position, occurred_ms: int | None
+        self,
+        outcome: Outcome,
+        msg: Message,
+        position: Position,
+        occurred_ms: int | None,
+        order: OrderKey | None,
     ) -> list[Output]:
         out: list[Output] = []
         source = position.key.encode()
@@ -207,8 +262,10 @@ class Allocator:
             account_key = outcome.account_id.encode()
             for line in outcome.record_lines:
                 out.append(Output(self.allocations_topic, account_key, line, headers))
+        # a credit takes its transfer's place in its receiver's log order (costtrace/order.py)
+        credit_headers = [] if order is None else [(ORDER_HEADER, order.text().encode())]
         for credit, blob in zip(outcome.credits, outcome.credit_blobs, strict=True):
-            out.append(Output(self.credits_topic, credit.to_account_id.encode(), blob, []))
+            out.append(Output(self.credits_topic, credit.to_account_id.encode(), blob, credit_headers))
         rej = outcome.rejection
         if rej is not None:
             out.append(Output(self.dead_letters_topic, *self._letter(rej, outcome.detail, msg), []))

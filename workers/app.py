@@ -22,19 +22,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Generator
-from typing import Any
+from typing import Any, cast
 
 import faust
 import msgspec
 import redis.asyncio as aioredis
+from aiokafka.structs import OffsetAndMetadata
 from faust.types import TP
 from mode.services import WaitResults
 from redis.exceptions import RedisError
 
+from costtrace._native import partition_for
 from costtrace.model.state import Settled
+from costtrace.order import RANK, OrderKey
 from topics.catalogue import Catalogue, catalogue
 from workers.allocator import Allocator, Message, StopOnSendError
+from workers.merge import ANNOUNCE_HEADER, WATERMARK_HEADER, LogMerge, watermark_message
 from workers.metrics import Health, Metrics, lag_of, serve
 from workers.outbox import Outbox, fits_one_batch
 from workers.settings import Settings
@@ -116,9 +122,10 @@ class ConsumerGuards:
     All three seen on the broker (docs/fleet.md, "Effectively once", 7).
     """
 
-    def __init__(self, consumer: Any, is_changelog: Callable[[TP], bool]) -> None:
+    def __init__(self, consumer: Any, is_changelog: Callable[[TP], bool], hold: Hold | None = None) -> None:
         self._consumer = consumer
         self._is_changelog = is_changelog
+        self._hold = hold
         self._resume = consumer.resume_partitions
         self._seek = consumer.perform_seek
         self._fetch = consumer._getmany
@@ -140,6 +147,8 @@ class ConsumerGuards:
         try:
             await self._seek()
             await self._rewind_never_committed()
+            if self._hold is not None:  # before any stream partition resumes
+                await self._hold.start(self._consumer.assignment())
         finally:
             assigned = self._consumer.assignment()
             deferred, self.deferred = self.deferred & assigned, set()
@@ -160,6 +169,14 @@ class ConsumerGuards:
     async def getmany(self, active_partitions: set[TP] | None, timeout: float) -> Any:
         # faust calls this only with a non-empty set (or None for client-only apps)
         snapshot = frozenset(active_partitions) if active_partitions is not None else None
+        if snapshot is not None and self._hold is not None:
+            crowded = self._hold.crowded()
+            if crowded:
+                # the hold has plenty of these: fetch the others (an empty set would mean every partition)
+                snapshot = snapshot - crowded
+                if not snapshot:
+                    await asyncio.sleep(min(timeout, 0.05))
+                    return {}
         return await self._fetch(active_partitions=snapshot, timeout=timeout)
 
 
@@ -318,8 +335,129 @@ def without_monitor(app: faust.App) -> None:
     app.on_init_dependencies = on_init_dependencies  # type: ignore[method-assign]
 
 
+class Hold:
+    """The allocator's hold (`workers.merge.LogMerge`) wired into faust's consumer.
+
+    faust commits, per topic partition, the offset after the last message its
+    agent took; the hold takes messages long before it applies them. So:
+    - **Commits go to the hold's commit point** (`Consumer._new_offset`):
+      the first message not yet applied, never past it, nor past one faust
+      dropped before handing it over (the hold takes each partition's offsets
+      only in sequence, and seeks the partition again where faust skipped:
+      `LogMerge.resync`). faust's own lists of acked offsets and gaps are
+      emptied each time (the hold knows more).
+    - **Each commit carries its partition's order time** as the offset's
+      metadata, so that whoever reads on from there gives every record the
+      same `OrderKey` (as Kafka Streams keeps partition time). The value is
+      the one worked out with the offset, in the event loop; faust's consumer
+      thread only attaches it.
+    - **After every seek the hold starts over** from the committed offsets and
+      their metadata (faust reads every partition again from its commit after
+      each rebalance, and drops what it had fetched).
+    - **A partition the hold has plenty of is not fetched** (`crowded`) until
+      the others have caught up, as Kafka Streams pauses a full partition
+      buffer.
+    """
+
+    def __init__(self, merge: LogMerge, sources: set[str]) -> None:
+        self.merge = merge
+        self.sources = sources  # every topic the agent reads (the credits topic included)
+        self._consumer: Any = None
+        self._commit_metadata: dict[TP, tuple[int, str]] = {}
+        self._generation: int | None = None
+
+    def attach(self, consumer: Any) -> None:
+        self._consumer = consumer
+        original = consumer._new_offset
+
+        def new_offset(tp: TP) -> int | None:
+            if tp.topic not in self.sources:
+                return cast(int | None, original(tp))
+            consumer._acked[tp].clear()
+            consumer._acked_index[tp].clear()
+            consumer._gap.pop(tp, None)
+            point = self.merge.commit_point(tp.topic, tp.partition)
+            committed = consumer._committed_offset.get(tp)
+            if point is None or (committed is not None and point <= committed):
+                return None
+            self._commit_metadata[tp] = (point, self.merge.order_metadata(tp.topic, tp.partition))
+            return point
+
+        consumer._new_offset = new_offset
+
+    def attach_client(self, client: Any) -> None:
+        """aiokafka's consumer, in faust's consumer thread: its commits carry the order time."""
+        commit = client.commit
+        metadata = self._commit_metadata
+
+        async def commit_with_order_time(offsets: Any = None) -> Any:
+            if offsets:
+                offsets = {
+                    tp: OffsetAndMetadata(o.offset, _metadata(metadata.get(TP(*tp)), o.offset))
+                    for tp, o in offsets.items()
+                }
+            return await commit(offsets)
+
+        client.commit = commit_with_order_time
+
+    async def start(self, assigned: set[TP]) -> None:
+        """The partitions faust has just sought to their commits: the hold starts over on them.
+
+        faust may seek again within one generation (its recovery seeks twice),
+        while the streams already run: the hold then keeps what it has, and
+        drops what faust reads again below where each partition is.
+        """
+        consumer = self._consumer
+        tps = [tp for tp in assigned if tp.topic in self.sources]
+        generation = consumer.app.consumer_generation_id
+        if generation == self._generation and {tp.partition for tp in tps} == set(self.merge.groups):
+            return
+        self._generation = generation
+        thread = consumer._thread
+        committed: dict[Any, Any] = {}
+        if tps:
+            client = thread._consumer  # aiokafka's, in faust's consumer thread
+            committed = await thread.call_thread(client._coordinator.fetch_committed_offsets, tps)
+        positions: dict[tuple[str, int], tuple[int | None, str | None]] = {}
+        for tp in tps:
+            done = committed.get(tp)
+            where = (tp.topic, tp.partition)
+            positions[where] = (None, None) if done is None else (done.offset, done.metadata)
+        self.merge.assign(positions, time.monotonic())
+        self._commit_metadata.clear()
+        log.info("hold: %d partition(s) from their commits", len(self.merge.groups))
+
+    def crowded(self) -> frozenset[TP]:
+        return frozenset(TP(t, p) for t, p in self.merge.crowded())
+
+
+_transfer = msgspec.json.Decoder()
+
+
+def credit_destination(value: bytes, partitions: int) -> tuple[int, bytes] | None:
+    """Where a transfer's credit goes: its receiver's partition and account; None when it names none."""
+    try:
+        event = _transfer.decode(value)
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        return None
+    to = event.get("to_account_id") if isinstance(event, dict) else None
+    if not isinstance(to, str) or not to:
+        return None
+    account = to.encode()
+    return partition_for(account, partitions), account
+
+
+def _metadata(stashed: tuple[int, str] | None, offset: int) -> str:
+    """The order time worked out for exactly this offset; none for another."""
+    return stashed[1] if stashed is not None and stashed[0] == offset else ""
+
+
 def guard_consumer(
-    app: faust.App, fetch_min_bytes: int = 1, fetch_max_wait: float = 0.5, room: StreamRoom | None = None
+    app: faust.App,
+    fetch_min_bytes: int = 1,
+    fetch_max_wait: float = 0.5,
+    room: StreamRoom | None = None,
+    hold: Hold | None = None,
 ) -> None:
     """Wrap the consumer faust creates (lazily, on its own loop) for this app.
 
@@ -329,8 +467,10 @@ def guard_consumer(
 
     def _new_consumer() -> Any:
         consumer: Any = new_consumer()
-        ConsumerGuards(consumer, lambda tp: tp.topic in app.tables.changelog_topics)
+        ConsumerGuards(consumer, lambda tp: tp.topic in app.tables.changelog_topics, hold)
         fast_hand_over(consumer, room)
+        if hold is not None:
+            hold.attach(consumer)
         thread = consumer._thread
         create = thread._create_worker_consumer
 
@@ -338,6 +478,8 @@ def guard_consumer(
             client = create(transport)
             client._fetch_min_bytes = fetch_min_bytes  # read by AIOKafkaConsumer.start
             client._fetch_max_wait_ms = int(fetch_max_wait * 1000)
+            if hold is not None:
+                hold.attach_client(client)
             return client
 
         thread._create_worker_consumer = create_worker_consumer
@@ -411,26 +553,73 @@ def observe(
     return metrics
 
 
+class CreditCommits:
+    """Which credits of each sender a partition will never read again (the model's settled positions).
+
+    A credit's position is its sender's transfer's (`workers.allocator.credit_position`);
+    it is settled once the offset it was read at on the credits partition is
+    committed. One sender's credits come in order on both counts.
+    """
+
+    def __init__(self, credits_topic: str, committed: dict[TP, int | None] | None = None) -> None:
+        self._topic = credits_topic
+        self._committed: dict[TP, int | None] = {} if committed is None else committed
+        self._applied: dict[
+            tuple[int, int], deque[tuple[int, int]]
+        ] = {}  # (receiver, sender) -> (read at, t)
+        self._settled: dict[tuple[int, int], int] = {}
+
+    def bind(self, committed: dict[TP, int | None]) -> None:
+        """faust's own record of its commits (once its consumer exists)."""
+        self._committed = committed
+
+    def applied(self, receiver: int, sender: int, read_at: int, transfer_offset: int) -> None:
+        self._applied.setdefault((receiver, sender), deque()).append((read_at, transfer_offset))
+
+    def settled(self, receiver: int, sender: int) -> int | None:
+        committed = self._committed.get(TP(self._topic, receiver))
+        applied = self._applied.get((receiver, sender))
+        while applied and committed is not None and applied[0][0] < committed:
+            self._settled[(receiver, sender)] = applied.popleft()[1] + 1
+        return self._settled.get((receiver, sender))
+
+    def clear(self) -> None:
+        self._applied.clear()
+        self._settled.clear()
+
+
 class Committed:
     """What the group has committed of one partition's sources: positions it never reads again.
 
     The model's `Settled`, read only when the model asks (an account with
-    outputs kept), from faust's own record of its commits.
+    outputs kept), from faust's own record of its commits; credits by sender
+    (`CreditCommits`).
     """
 
-    __slots__ = ("_committed", "_tps")
+    __slots__ = ("_committed", "_credits", "_tps")
 
-    def __init__(self, tps: dict[str, TP], committed: dict[TP, int | None]) -> None:
+    def __init__(
+        self, tps: dict[str, TP], committed: dict[TP, int | None], credits: CreditCommits | None = None
+    ) -> None:
         self._tps = tps  # source ("topic:partition") -> its TP
         self._committed = committed
+        self._credits = credits
 
     def get(self, source: str, /) -> int | None:
         tp = self._tps.get(source)
-        return None if tp is None else self._committed.get(tp)
+        if tp is not None:
+            return self._committed.get(tp)
+        if self._credits is not None and "/" in source:  # "credits:receiver/sender"
+            receiver, _, sender = source.rpartition(":")[2].partition("/")
+            return self._credits.settled(int(receiver), int(sender))
+        return None
 
 
 # records the allocator lets wait for a hand-over before it waits itself
 MAX_WAITING = 20_000
+# watermark messages on the credits topic (workers/merge.py)
+WATERMARK_KEY = b""
+WATERMARK_HEADERS = [(WATERMARK_HEADER, b"1")]
 
 
 class AllocatorStep:
@@ -450,18 +639,22 @@ class AllocatorStep:
         changelog: str,
         held: AccountsHeld,
         settled_for: Callable[[int], Settled],
+        credit_commits: CreditCommits | None = None,
     ) -> None:
         self.local, self.store, self.allocator, self.metrics = local, store, allocator, metrics
         self.outbox, self.changelog, self.held, self.settled_for = outbox, changelog, held, settled_for
+        self.credit_commits = credit_commits
         self._created = store.created
 
-    def __call__(self, m: Any) -> None:
-        """`m`: a faust message."""
+    def __call__(self, m: Any, order: OrderKey | None = None, late: bool = False) -> None:
+        """`m`: a faust message; `order`: its place in the log order, `late`: after later ones (LogMerge)."""
         partition = m.partition
         local, outbox = self.local, self.outbox
         local.use(partition)
         msg = Message.of(m)
-        handled = self.allocator.handle(msg, self.settled_for(partition))
+        handled = self.allocator.handle(msg, self.settled_for(partition), order, late)
+        if self.credit_commits is not None and order is not None and order.credit:
+            self.credit_commits.applied(partition, order.partition, msg.offset, order.offset)
         self.metrics.count(handled, msg.attempt)
         created = self.store.created
         if created != self._created:
@@ -492,7 +685,14 @@ def allocator_app(settings: Settings) -> faust.App:
     )
     table = app.Table("state", partitions=settings.partitions, key_type=bytes, value_type=bytes)
     room = StreamRoom()
-    guard_consumer(app, settings.fetch_min_bytes, settings.fetch_max_wait, room)
+    ranks = {cat.input_for(kind): rank for kind, rank in RANK.items() if kind != "archive"}
+    merge = LogMerge(
+        {**ranks, cat.archive: RANK["archive"]}, cat.credits, settings.partitions, settings.max_idle,
+        settings.hold_limit, lambda m: credit_destination(m.value, settings.partitions),
+    )  # fmt: skip
+    hold = Hold(merge, set(cat.allocator_sources))
+    credit_commits = CreditCommits(cat.credits)
+    guard_consumer(app, settings.fetch_min_bytes, settings.fetch_max_wait, room, hold)
     without_monitor(app)
     changelog = table.changelog_topic.get_topic_name()
     source = app.topic(*cat.allocator_sources, **RAW)
@@ -526,8 +726,7 @@ def allocator_app(settings: Settings) -> faust.App:
 
     show_switch()
 
-    @app.timer(settings.switch_poll)  # type: ignore[untyped-decorator]
-    async def _read_switch() -> None:
+    async def read_switch() -> None:
         try:
             raw = await redis_client.get(SWITCH_KEY)
         except (RedisError, OSError) as exc:
@@ -540,6 +739,10 @@ def allocator_app(settings: Settings) -> faust.App:
             metrics.switch_read_failures.inc()
             log.error("tracing switch unreadable (%r); going on with: %s", exc, switch.current.describe())
         show_switch()
+
+    @app.timer(settings.switch_poll)  # type: ignore[untyped-decorator]
+    async def _read_switch() -> None:
+        await read_switch()
 
     def on_changelog(partition: int, offset: int) -> None:
         if offset > persisted.get(partition, -1):
@@ -583,6 +786,10 @@ def allocator_app(settings: Settings) -> faust.App:
         held.forget()
 
     async def _revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
+        # faust reads every partition again from its commit after a rebalance; the hold
+        # starts over then (Hold.start)
+        merge.clear()
+        credit_commits.clear()
         # faust drops a revoked partition's DB without closing it; a handle kept here
         # would hold its lock when the partition comes back and faust opens it again
         local.db = None
@@ -598,11 +805,102 @@ def allocator_app(settings: Settings) -> faust.App:
     app.on_partitions_assigned.connect(_assigned)  # type: ignore[arg-type]
     app.on_partitions_revoked.connect(_revoked)  # type: ignore[arg-type]
 
+    step: AllocatorStep | None = None
+
+    def apply_released(partition: int | None = None) -> None:
+        """Apply what the hold lets go (one partition's, or all), in the log order."""
+        if step is None:
+            return
+        for held_message in merge.release(time.monotonic(), partition):
+            step(held_message.message, held_message.key, held_message.late)
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def _order() -> None:
+        """What lets held events go without a new message: the broker's end offsets, time, watermarks."""
+        consumer: Any = app.consumer
+        forced, watermarks_at, described_at, resynced_at, swept_at = 0, 0.0, 0.0, 0.0, 0.0
+        resynced: dict[tuple[str, int], int] = {}
+        now_s = time.monotonic
+        while True:
+            await asyncio.sleep(settings.order_tick)
+            if step is None or outbox is None or not merge.groups or not consumer.flow_active:
+                continue
+            try:
+                if (
+                    now_s() - swept_at >= 1.0
+                ):  # every partition's end: which have data faust does not hand over
+                    swept_at = now_s()
+                    asked_seq, asked_latest = merge.seq, merge.latest
+                    ends = await consumer.highwaters(*(TP(t, p) for t, p in merge.owned()))
+                    merge.confirm_ends({(tp.topic, tp.partition): o for tp, o in ends.items()}, asked_seq,
+                                       asked_latest)  # fmt: skip
+                    for where, offset in merge.stalled(now_s(), settings.order_tick * 100).items():
+                        merge.resync.setdefault(where, offset)
+                for (topic, partition), offset in list(merge.resync.items()):
+                    if resynced.get((topic, partition)) == offset and now_s() - resynced_at < 1.0:
+                        continue
+                    resynced[(topic, partition)], resynced_at = offset, now_s()
+                    tp = TP(topic, partition)
+                    start = (await consumer.earliest_offsets(tp)).get(tp, 0)
+                    if start > offset:
+                        merge.restart_at(topic, partition, start)
+                    log.info("hold: %s read again from %s", tp, max(start, offset))
+                    await consumer.seek(tp, max(start, offset))
+                    merge.resynced(topic, partition, max(start, offset))
+                starts = merge.wanted_starts()
+                if starts:
+                    merge.set_starts(
+                        {(tp.topic, tp.partition): o for tp, o in (await consumer.earliest_offsets(
+                            *(TP(t, p) for t, p in starts))).items()}
+                    )  # fmt: skip
+                wanted = merge.wanted_ends()
+                if wanted:
+                    asked_seq, asked_latest = merge.seq, merge.latest
+                    ends = await consumer.highwaters(*(TP(t, p) for t, p in wanted))
+                    merge.confirm_ends({(tp.topic, tp.partition): o for tp, o in ends.items()}, asked_seq,
+                                       asked_latest)  # fmt: skip
+            except Exception as exc:  # the broker busy or gone: the hold waits, at most max_idle
+                log.warning("end offsets not read: %r", exc)
+            if not consumer.flow_active or not merge.groups:  # a rebalance began meanwhile
+                continue
+            apply_released()
+            now = time.monotonic()
+            if now - watermarks_at >= settings.watermark_interval:
+                watermarks_at = now
+                moved = merge.changed_watermarks()
+                if moved:
+                    value = watermark_message(moved)
+                    for receiver in range(settings.partitions):
+                        outbox.add(cat.credits, WATERMARK_KEY, value, WATERMARK_HEADERS, receiver)
+            metrics.held_events.set(merge.held)
+            if merge.held and now - described_at >= 10.0:
+                described_at = now
+                for line in merge.waiting_for():
+                    log.info("hold: %s", line)
+                if os.environ.get("COSTTRACE_DEBUG_OFFSETS"):
+                    client = consumer._thread._consumer
+                    subs = client._subscription.subscription.assignment
+                    for partition, group in merge.groups.items():
+                        for topic, source in group.topics.items():
+                            tp = TP(topic, partition)
+                            st = subs.state_value(tp) if subs is not None else None
+                            log.info(
+                                "DEBUG %s next=%s held=%s end=%s read=%s active=%s paused=%s pos=%s hw=%s",
+                                tp, source.next_offset, len(source.held), source.end,
+                                consumer._read_offset.get(tp), tp in (consumer._active_partitions or ()),
+                                None if st is None else st.paused, None if st is None else st._position,
+                                consumer.highwater(tp),
+                            )  # fmt: skip
+            if merge.forced != forced:
+                metrics.forced_releases.inc(merge.forced - forced)
+                forced = merge.forced
+
     @app.agent(source, name="allocator")
     async def allocate(stream: faust.StreamT[bytes]) -> None:
-        nonlocal outbox
+        nonlocal outbox, step
         if outbox is None:
             outbox = await open_outbox()
+        await read_switch()  # before any event: the timer's first read may come after the first events
         allocator = Allocator(
             store, cat.credits, cat.allocations, cat.dead_letters, archive_topic=cat.archive,
             skips=lambda event_type, occurred_ns: switch.current.skips(event_type, occurred_ns),
@@ -611,19 +909,32 @@ def allocator_app(settings: Settings) -> faust.App:
         consumer: Any = app.consumer
         committed = consumer._committed_offset
         settled_of: dict[int, Committed] = {}
+        credit_commits.bind(committed)
 
         def settled_for(partition: int) -> Committed:
             settled = settled_of.get(partition)
             if settled is None:
                 tps = {f"{t}:{partition}": TP(t, partition) for t in cat.allocator_sources}
-                settled = settled_of[partition] = Committed(tps, committed)
+                settled = settled_of[partition] = Committed(tps, committed, credit_commits)
             return settled
 
-        step = AllocatorStep(local, store, allocator, metrics, outbox, changelog, held, settled_for)
+        step = AllocatorStep(
+            local, store, allocator, metrics, outbox, changelog, held, settled_for, credit_commits
+        )
         room.watch(stream.channel.queue)  # type: ignore[attr-defined]  # a faust Topic, typed as an iterator
         async for event in stream.events():
             try:
-                step(event.message)
+                m = event.message
+                merge.add(
+                    m.topic, m.partition, m.offset, int(m.timestamp * 1000), m.headers, m, time.monotonic()
+                )
+                if merge.announcements:  # ahead of any watermark past them (workers/merge.py)
+                    for receiver, account, key in merge.announcements:
+                        outbox.add(
+                            cat.credits, account, b"", [(ANNOUNCE_HEADER, key.text().encode())], receiver
+                        )
+                    merge.announcements.clear()
+                apply_released(m.partition)
                 if outbox.waiting > MAX_WAITING:
                     await outbox.hand_over()
             except BaseException as exc:

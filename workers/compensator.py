@@ -34,10 +34,12 @@ import msgspec
 
 from costtrace.model.state import Position
 from topics.catalogue import retry_topic
-from workers.allocator import ATTEMPT_HEADER, ORIGIN_HEADER
+from workers.allocator import LATE_EVENT
 from workers.app import RAW, _base_config, fleet_catalogue, guard_consumer, observe, without_monitor
 from workers.db import Database
-from workers.letters import OMITTED, DeadLetter
+from workers.dlq import Filter
+from workers.dlq import replay as redrive
+from workers.letters import OMITTED, DeadLetter, resend_headers
 from workers.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -79,6 +81,9 @@ class Park:
 
 
 FINAL: Final = "final reason"
+# rejections an event that came late could have prevented: a refund of an order consumed late, a
+# transfer short of stock issued or credited late
+REDRIVEN_BY_LATE_EVENTS: Final = ("unknown_order", "insufficient_stock")
 OUT_OF_ATTEMPTS: Final = "out of attempts"
 TOO_LONG: Final = "too long to carry: `costtrace dlq replay` reads it from its input"
 
@@ -97,10 +102,6 @@ def decide(letter: DeadLetter, policy: RetryPolicy, now_ms: int) -> Retry | Park
 
 def origin_of(letter: DeadLetter) -> str:
     return letter.origin or Position(f"{letter.topic}:{letter.partition}", letter.offset).key
-
-
-def resend_headers(attempt: int, origin: str) -> list[tuple[str, bytes]]:
-    return [(ATTEMPT_HEADER, str(attempt).encode()), (ORIGIN_HEADER, origin.encode())]
 
 
 PARK: Final = """
@@ -154,6 +155,19 @@ def compensator_app(
 
     async def handle_letter(letter: DeadLetter, raw: bytes) -> None:
         now = clock_ms()
+        if letter.reason == LATE_EVENT:
+            # not a rejection: an event applied late, which may have been what an earlier
+            # rejection of its account missed (its letters come before this one, on this
+            # partition, so they are parked by now)
+            if letter.account_id is not None:
+                sent, _ = await redrive(
+                    settings.postgres_dsn.get_secret_value(), settings.kafka_bootstrap,
+                    Filter(account=letter.account_id, reasons=REDRIVEN_BY_LATE_EVENTS),
+                )  # fmt: skip
+                metrics.compensations.labels("redriven").inc(sent)
+                if sent:
+                    log.info("late event of %s: re-drove %d parked letter(s)", letter.account_id, sent)
+            return
         decision = decide(letter, policy, now)
         if isinstance(decision, Retry):
             key = (letter.account_id or "").encode()

@@ -19,7 +19,7 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from costtrace.model.state import Position
-from workers.compensator import resend_headers
+from workers.letters import resend_headers
 from workers.publish import reliable_producer
 
 _DURATION = re.compile(r"^(\d+)([smhd])$")
@@ -42,6 +42,7 @@ class Filter:
     older_than: timedelta | None = None
     newer_than: timedelta | None = None
     status: str | None = "parked"  # None: any
+    reasons: tuple[str, ...] = ()  # any of these
 
     def where(self) -> tuple[str, list[Any]]:
         clauses: list[str] = []
@@ -55,6 +56,8 @@ class Filter:
             add("origin = ANY({})", list(self.origins))
         if self.reason:
             add("reason = {}", self.reason)
+        if self.reasons:
+            add("reason = ANY({})", list(self.reasons))
         if self.account:
             add("account_id = {}", self.account)
         if self.older_than is not None:
@@ -100,7 +103,9 @@ async def show(dsn: str, origin: str) -> tuple[asyncpg.Record | None, list[async
 
 async def replay(dsn: str, bootstrap: str, f: Filter, again: bool = False) -> tuple[int, int]:
     """Send the selected letters back to their topics; (sent, left alone as already replayed)."""
-    selected = Filter(f.origins, f.reason, f.account, f.older_than, f.newer_than, None if again else f.status)
+    selected = Filter(
+        f.origins, f.reason, f.account, f.older_than, f.newer_than, None if again else f.status, f.reasons
+    )
     where, args = selected.where()
     conn = await asyncpg.connect(dsn)
     producer = reliable_producer(bootstrap, linger_ms=0)

@@ -22,6 +22,10 @@ LETTER_TOPIC_MAX_BYTES: Final = 8 << 20
 # values up to this many bytes travel inside their letter (base64 adds a third, JSON a little more)
 INLINE_PAYLOAD_MAX: Final = 4 << 20
 
+# headers of an event the compensator or `costtrace dlq replay` sends again
+ATTEMPT_HEADER: Final = "costtrace-attempt"
+ORIGIN_HEADER: Final = "costtrace-origin"
+
 UTF8: Final = "utf-8"
 BASE64: Final = "base64"
 OMITTED: Final = "omitted"
@@ -75,6 +79,11 @@ def original(text: str, encoding: str) -> bytes:
     if encoding == UTF8:
         return text.encode()
     raise ValueError(f"no bytes are carried in encoding {encoding!r}")
+
+
+def resend_headers(attempt: int, origin: str) -> list[tuple[str, bytes]]:
+    """What marks an event sent again: its attempt, and the position of its first one."""
+    return [(ATTEMPT_HEADER, str(attempt).encode()), (ORIGIN_HEADER, origin.encode())]
 
 
 def printable(text: str) -> str:

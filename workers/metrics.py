@@ -76,6 +76,25 @@ class Metrics:
         )
         for reason in ALERTED_REASONS:
             self.rejections.labels(reason)  # at 0 from the start: the first one is an increase
+        self.late_events = Counter(
+            "costtrace_late_events",
+            "Events (and credits) applied late: after events later in the log order, by type.",
+            ["type"],
+            registry=r,
+        )
+        for event_type in ("issued", "opened", "consumed", "refunded", "transferred", "credit"):
+            self.late_events.labels(event_type)  # at 0 from the start: the first one is an increase
+        self.held_events = Gauge(
+            "costtrace_order_held_events",
+            "Events read and held until their turn in the log order (workers/merge.py).",
+            registry=r,
+        )
+        self.forced_releases = Counter(
+            "costtrace_order_forced_releases",
+            "Times a partition let its events go without a topic partition whose data was due "
+            "(COSTTRACE_MAX_IDLE): what that partition brings later may be late.",
+            registry=r,
+        )
         self.dead_letters = Counter(
             "costtrace_dead_letters",
             "Dead letters the sink stored in PostgreSQL, by reason.",
@@ -203,6 +222,8 @@ class Metrics:
                 counted[self.records, (kind,)] += 1
         elif outcome.status is Status.REJECTED and outcome.rejection is not None:
             counted[self.rejections, (outcome.rejection.reason,)] += 1
+        if handled.late:
+            counted[self.late_events, (handled.event_type,)] += 1
 
     def _add_counted(self) -> None:
         counted, self._counted = self._counted, defaultdict(int)

@@ -68,9 +68,15 @@ async def migrate(
         progress(start)
         started = time.monotonic()
         done = start
+        # stamped with the node's time, as an outbox relay stamps its events (docs/producers.md): the
+        # openings come before every later event in the log order, however late they are published
+        stamp = max(0, parse_instant(as_of) // 1_000_000)
         for i in range(start, len(events), CHUNK):
             chunk = events[i : i + CHUNK]
-            futures = [await producer.send(topic, value, key=account.encode()) for account, value in chunk]
+            futures = [
+                await producer.send(topic, value, key=account.encode(), timestamp_ms=stamp)
+                for account, value in chunk
+            ]
             await asyncio.gather(*futures)  # every event of the chunk confirmed before the checkpoint
             done = i + len(chunk)
             await client.set(key, done)

@@ -111,7 +111,9 @@ async def report(dsn: str) -> tuple[Report, Latency | None]:
             """
         )
         debt = await conn.fetchval("SELECT coalesce(sum(debt), 0) FROM debt")
-        reasons = await conn.fetch("SELECT reason, count(*) AS n FROM dead_letters GROUP BY reason")
+        reasons = await conn.fetch(
+            "SELECT reason, count(*) AS n FROM dead_letters WHERE reason <> 'late_event' GROUP BY reason"
+        )
         n_records = await conn.fetchval("SELECT count(*) FROM all_records")
         lat = await conn.fetchrow(
             """

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import itertools
 import time
 from collections.abc import Iterable
-from typing import Any
 
-import msgspec
 from aiokafka import AIOKafkaProducer
 
+from costtrace.order import publish_kind_and_key, record_times
 from topics.catalogue import Catalogue
-
-_loose = msgspec.json.Decoder()
 
 
 def reliable_producer(bootstrap: str, linger_ms: int = 5) -> AIOKafkaProducer:
@@ -24,38 +21,34 @@ def reliable_producer(bootstrap: str, linger_ms: int = 5) -> AIOKafkaProducer:
 
 
 def route(line: bytes, cat: Catalogue) -> tuple[str, bytes | None]:
-    """The topic and key a producer would use for one event line.
+    """The topic and key a producer would use for one event line (`costtrace.order.publish_kind_and_key`)."""
+    kind, key = publish_kind_and_key(line)
+    return cat.input_for(kind), key
 
-    A line that is not an event still has to go somewhere so that it ends as
-    a dead letter: it goes to the `consumed` topic, keyed by its account_id
-    when it has a string one.
+
+async def publish(
+    bootstrap: str, cat: Catalogue, lines: Iterable[bytes], rate: float | None = None, stamp: bool = True
+) -> int:
+    """Send every line to its topic; `rate` caps events per second. Returns the count sent.
+
+    `stamp`: as a producer relaying from an outbox does, each record's
+    timestamp is its event's `occurred_at` (`costtrace.order.record_times`);
+    otherwise the time it is sent, as a producer publishing events as they
+    happen. A line without a key goes to partition 0, so that where each
+    record lands is a function of the log (`costtrace.order.as_published`).
     """
-    try:
-        obj: Any = _loose.decode(line)
-    except (msgspec.DecodeError, UnicodeDecodeError):
-        obj = None
-    topic = cat.input_for("consumed")
-    key = None
-    if isinstance(obj, dict):
-        with_type = obj.get("type")
-        if isinstance(with_type, str):
-            with contextlib.suppress(KeyError):  # unknown type: rejected downstream
-                topic = cat.input_for(with_type)
-        if isinstance(obj.get("account_id"), str):
-            key = obj["account_id"].encode()
-    return topic, key
-
-
-async def publish(bootstrap: str, cat: Catalogue, lines: Iterable[bytes], rate: float | None = None) -> int:
-    """Send every line to its topic; `rate` caps events per second. Returns the count sent."""
     producer = reliable_producer(bootstrap)
     await producer.start()
     sent = 0
     started = time.monotonic()
+    lines = list(lines)
+    times = record_times(lines) if stamp else itertools.repeat(None)
     try:
-        for line in lines:
+        for line, time_ms in zip(lines, times, strict=False):  # `times` may be endless
             topic, key = route(line, cat)
-            await producer.send(topic, line, key=key)
+            await producer.send(
+                topic, line, key=key, partition=0 if key is None else None, timestamp_ms=time_ms
+            )
             sent += 1
             if rate:
                 ahead = sent / rate - (time.monotonic() - started)

@@ -40,10 +40,20 @@ class Settings(BaseSettings):
 
     # the compensator (workers/compensator.py): which dead letters are retried, how
     # often in all (the first attempt included), and the delay before each retry;
-    # one durable retry topic per delay (`<prefix>.retry-<n>`)
-    retry_reasons: tuple[str, ...] = ("unknown_order", "insufficient_stock")
+    # one durable retry topic per delay (`<prefix>.retry-<n>`). None by default: each
+    # event is judged at its place in the log order, as replay judges it, and a retry
+    # after a delay would be judged at another (docs/semantics.md)
+    retry_reasons: tuple[str, ...] = ()
     retry_attempts: int = 5
     retry_delays: tuple[float, ...] = (5.0, 30.0, 120.0, 600.0)
+
+    # the log order (workers/merge.py): how long an allocator waits for a topic partition whose
+    # data is due before it goes on without it; how many held events of one topic partition
+    # make it fetch the others first; how often it asks end offsets and publishes watermarks
+    max_idle: float = 3.0
+    hold_limit: int = 2000
+    order_tick: float = 0.01
+    watermark_interval: float = 0.01
 
     # how often allocators read the tracing switch from Redis (workers/switch.py)
     switch_poll: float = 2.0

@@ -16,6 +16,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from costtrace.order import fleet_order
 from topics.catalogue import Catalogue
 from workers.app import fleet_catalogue
 from workers.demo import stack_env
@@ -123,19 +124,50 @@ class Fleet:
         async def fetch() -> list[Any]:
             conn = await asyncpg.connect(self.dsn)
             try:
-                return list(await conn.fetch("SELECT event_id, account_id, reason FROM dead_letters"))
+                # rejections: a late_event letter reports an event applied late, and is none
+                return list(
+                    await conn.fetch(
+                        "SELECT event_id, account_id, reason FROM dead_letters WHERE reason <> 'late_event'"
+                    )
+                )
             finally:
                 await conn.close()
 
         return Counter((r["event_id"], r["account_id"], r["reason"]) for r in asyncio.run(fetch()))
 
-    def assert_replays(self, lines: list[bytes]) -> dict[str, list[dict[str, Any]]]:
-        """The fleet holds exactly replay's records of `lines` and its rejections; replay's records."""
-        expected, rejections = replay(lines)
+    def assert_replays(self, lines: list[bytes], order: str = "fleet") -> dict[str, list[dict[str, Any]]]:
+        """The fleet holds exactly replay's records of `lines` and its rejections; replay's records.
+
+        `order`: "fleet", replay of the lines in the fleet's log order once
+        published (costtrace.order.fleet_order); "file", in line order, for a
+        log published in phases drained one by one (each phase applied whole
+        before the next is published).
+        """
+        ordered = fleet_order(lines, self.partitions) if order == "fleet" else lines
+        expected, rejections = replay(ordered)
         got = by_account(self.export())
         assert got == expected, differences(got, expected)
         assert self.dead_letters() == rejections
         return expected
+
+    def late_events(self) -> int:
+        async def fetch() -> int:
+            conn = await asyncpg.connect(self.dsn)
+            try:
+                return int(
+                    await conn.fetchval("SELECT count(*) FROM dead_letters WHERE reason = 'late_event'")
+                )
+            finally:
+                await conn.close()
+
+        return asyncio.run(fetch())
+
+    def audit(self) -> subprocess.CompletedProcess[str]:
+        """`costtrace audit` on this fleet: replay of its topics against its database."""
+        return subprocess.run(
+            [sys.executable, "-m", "costtrace.cli", "audit"],
+            env=self.env, capture_output=True, text=True, cwd=REPO, timeout=300,
+        )  # fmt: skip
 
 
 def replay(

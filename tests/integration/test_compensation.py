@@ -1,5 +1,6 @@
-"""The compensator on the real stack: late events end applied; final ones are parked, with history;
-`costtrace dlq` lists, shows, replays (twice applies once) and discards them."""
+"""The compensator on the real stack: what a late event would have prevented is re-driven; rejections
+are parked, with history (retried first, where an operator asks for retries); `costtrace dlq` lists,
+shows, replays (twice applies once) and discards them."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -52,36 +54,42 @@ def dlq(fleet: Fleet, *args: str) -> str:
     return out.stdout
 
 
-def start(fleet: Fleet, attempts: int) -> None:
+def start(fleet: Fleet, attempts: int, retried: tuple[str, ...] = ()) -> None:
     fleet.env["COSTTRACE_RETRY_DELAYS"] = "[0.5, 1, 1, 2]"
     fleet.env["COSTTRACE_RETRY_ATTEMPTS"] = str(attempts)
+    fleet.env["COSTTRACE_RETRY_REASONS"] = json.dumps(list(retried))
     fleet.start("allocator", "allocator", fleet.tmp / "state")
     fleet.start("sink", "sink")
     fleet.start("compensator", "compensator")
 
 
-def test_a_refund_that_outruns_its_order_ends_applied_not_parked(fleet: Fleet) -> None:
+def test_an_order_that_comes_late_re_drives_the_refund_it_left_without_an_order(fleet: Fleet) -> None:
+    """The consumption arrives long after its refund, past the fleet's wait: it is late."""
     start(fleet, attempts=5)
     issue = event(event_id="i1", type="issued", account_id="ann", batch_id="b1", budget_id="B1", amount=100)
     consume = event(event_id="c1", type="consumed", account_id="ann", order_id="o1", amount=60)
     refund = event(event_id="r1", type="refunded", account_id="ann", refund_id="f1", order_id="o1", amount=20)
     fleet.publish([issue])
-    fleet.publish([refund])  # before its order, on another topic
-    eventually(lambda: query(fleet, "SELECT 1 FROM dead_letters WHERE event_id = 'r1'"))
-    fleet.publish([consume])
+    fleet.publish([refund])  # its order not there yet, anywhere: judged where it is, unknown_order
+    eventually(lambda: query(fleet, "SELECT 1 FROM parked_letters WHERE event_id = 'r1'"))
+    fleet.publish([consume])  # its place is before the refund: late, applied, and the refund re-driven
 
     expected, _ = replay([issue, consume, refund])  # the order the events were meant in
     eventually(lambda: by_account(fleet.export()) == expected)
     letters = query(
-        fleet, "SELECT reason, attempt, origin FROM dead_letters WHERE event_id = 'r1' ORDER BY attempt"
+        fleet, "SELECT event_id, reason, attempt, origin FROM dead_letters ORDER BY dead_lettered_at"
     )
-    assert letters[0]["reason"] == "unknown_order" and letters[0]["attempt"] == 1
-    assert all(r["origin"] is not None for r in letters[1:])  # later attempts name the first
-    assert query(fleet, "SELECT * FROM parked_letters") == []
+    assert [(r["event_id"], r["reason"]) for r in letters] == [("r1", "unknown_order"), ("c1", "late_event")]
+    assert eventually(
+        lambda: (
+            query(fleet, "SELECT status FROM parked_letters WHERE event_id = 'r1'")
+            == [{"status": "replayed"}]
+        )
+    )
 
 
 def test_final_and_exhausted_letters_are_parked_and_ops_replay_or_discard_them(fleet: Fleet) -> None:
-    start(fleet, attempts=3)
+    start(fleet, attempts=3, retried=("insufficient_stock",))  # retries only where an operator asks
     invalid = event(event_id="x1", type="issued", account_id="bob", batch_id="b1", budget_id="B1", amount=-5)
     short = event(
         event_id="t1", type="transferred", account_id="bob", transfer_id="tr1", to_account_id="cy", amount=30
@@ -107,10 +115,12 @@ def test_final_and_exhausted_letters_are_parked_and_ops_replay_or_discard_them(f
     assert "attempt 1: insufficient_stock" in history and "attempt 3: insufficient_stock" in history
     assert dlq(fleet, "list", "--older-than", "1h") == ""  # parked just now
 
-    # stock arrives; ops replay the transfer, twice
+    # stock arrives (now: after the retries, so not late); ops replay the transfer, twice
+    now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
     fleet.publish(
-        [event(event_id="i1", type="issued", account_id="bob", batch_id="b1", budget_id="B1", amount=50)]
-    )
+        [event(event_id="i1", type="issued", account_id="bob", batch_id="b1", budget_id="B1", amount=50,
+               occurred_at=now)]
+    )  # fmt: skip
     eventually(lambda: query(fleet, "SELECT 1 FROM records WHERE event_id = 'i1'"))
     assert dlq(fleet, "replay", origin).startswith("replayed 1 letter(s)")
     assert "left alone" in dlq(fleet, "replay", origin)

@@ -102,7 +102,7 @@ def test_a_killed_worker_loses_and_doubles_nothing(fleet: Fleet, victim: str) ->
         fleet.drain()
 
     lines = prefix + [line for phase in bulk for line in phase]
-    fleet.assert_replays(lines)
+    fleet.assert_replays(lines, order="file")
     if victim == "allocator, same state folder":
         log: Any = (fleet.tmp / "allocator-1.log").read_text(errors="replace")
         assert "was not left cleanly" in log  # the kept RocksDB was not trusted

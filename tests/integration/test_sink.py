@@ -76,6 +76,6 @@ def test_sink_rides_out_postgres_going_away(fleet: Fleet) -> None:
             fleet.assert_running()
             proxy.set_down(False)
         fleet.drain()
-    fleet.assert_replays(lines)
+    fleet.assert_replays(lines, order="file")
     log = (fleet.tmp / "sink.log").read_text(errors="replace")
     assert "retrying in" in log  # the outage was felt, and ridden out
