@@ -94,6 +94,58 @@ class RunResult:
     findings: dict[str, int] = field(default_factory=dict)
     actions: dict[str, Any] = field(default_factory=dict)
     why: str = ""
+    ledger_accounts: int = 0  # balances in the ledger; 0: none loaded, none compared
+    # (kind, account_id, detail) of every finding, in the order found
+    details: list[tuple[str, str | None, dict[str, Any]]] = field(default_factory=list)
+
+    def describe(self, limit: int = 20) -> list[str]:
+        """What the run found, for a person: each kind's count, then up to `limit` of its findings."""
+        if self.status == "skipped":
+            return [f"skipped: {self.why}"]
+        outcome = self.status
+        if not self.ledger_accounts:
+            outcome += " (no ledger loaded: no balance was compared; `costtrace ledger load FILE`)"
+        lines = [f"run {self.run_id}: {outcome}"]
+        for kind, n in sorted(self.findings.items()):
+            lines.append(f"  {kind}: {n}")
+            shown = [(a, d) for k, a, d in self.details if k == kind][:limit]
+            for account, detail in shown:
+                lines.append(f"    {account or '-'}: {_said(kind, detail)}")
+            if n > len(shown):
+                lines.append(
+                    f"    ... and {n - len(shown):,} more (reconcile_findings, run_id {self.run_id})"
+                )
+        redriven = self.actions.get("replayed_parked_letters", {})
+        for account, n in sorted(redriven.items()):
+            lines.append(
+                f"  re-drove {n} parked letter(s) of {account} to Kafka: reconcile again once applied"
+            )
+        if self.mismatches and not redriven:
+            lines.append("  no parked letters of the mismatching accounts to re-drive")
+        return lines
+
+    def as_json(self, limit: int | None = None) -> dict[str, Any]:
+        """The run for tools: counts whole, findings up to `limit` per kind (all with None)."""
+        shown: dict[str, int] = {}
+        details = []
+        for kind, account, detail in self.details:
+            if limit is None or shown.get(kind, 0) < limit:
+                shown[kind] = shown.get(kind, 0) + 1
+                details.append({"kind": kind, "account_id": account, **detail})
+        return {
+            "run_id": self.run_id, "status": self.status, "why": self.why or None,
+            "ledger_compared": self.ledger_accounts > 0, "ledger_accounts": self.ledger_accounts,
+            "findings": dict(sorted(self.findings.items())), "details": details,
+            "re_driven": self.actions.get("replayed_parked_letters", {}),
+        }  # fmt: skip
+
+
+def _said(kind: str, detail: dict[str, Any]) -> str:
+    """One finding in words: a balance mismatch as its two amounts and their difference."""
+    if kind == "balance_mismatch":
+        traced, ledger = detail.get("traced", 0), detail.get("ledger", 0)
+        return f"traced {traced:,}, ledger {ledger:,} (traced - ledger = {traced - ledger:+,})"
+    return ", ".join(f"{k} {v}" for k, v in detail.items() if k != "account_id")
 
 
 def holder_name() -> str:
@@ -145,8 +197,10 @@ async def _run(
                 "INSERT INTO reconcile_findings (run_id, kind, account_id, detail) VALUES ($1, $2, $3, $4)",
                 [(run_id, *f) for f in findings],
             )
-            for kind, _, _ in findings:
+            for kind, account, detail in findings:
                 result.findings[kind] = result.findings.get(kind, 0) + 1
+                result.details.append((kind, account, json.loads(detail)))
+            result.ledger_accounts = await conn.fetchval("SELECT count(*) FROM ledger_balances")
             await before_actions()
             mismatched = sorted({a for kind, a, _ in findings if kind == "balance_mismatch" and a})
             replayed = {}
@@ -230,17 +284,28 @@ async def reconcile(
         await client.aclose()
 
 
-async def load_ledger(dsn: str, rows: list[tuple[str, int, Any]]) -> int:
-    """Upsert the accounting service's balances (account_id, balance, as_of)."""
+async def load_ledger(dsn: str, rows: list[tuple[str, int, Any]], replace: bool = False) -> tuple[int, int]:
+    """The accounting service's balances (account_id, balance, as_of), in one transaction.
+
+    Each account in `rows` gets its balance from them; the ledger's other
+    accounts keep theirs, or with `replace` are removed (the file is then the
+    whole ledger). Returns (balances loaded, other accounts kept or removed).
+    """
     conn = await asyncpg.connect(dsn)
     try:
-        await conn.executemany(
-            """INSERT INTO ledger_balances (account_id, balance, as_of) VALUES ($1, $2, $3)
-               ON CONFLICT (account_id) DO UPDATE SET balance = EXCLUDED.balance, as_of = EXCLUDED.as_of,
-               loaded_at = now()""",
-            rows,
-        )
-        return len(rows)
+        async with conn.transaction():
+            accounts = [account for account, _, _ in rows]
+            others = "SELECT count(*) FROM ledger_balances WHERE NOT (account_id = ANY($1::text[]))"
+            other = int(await conn.fetchval(others, accounts))
+            if replace:
+                await conn.execute("DELETE FROM ledger_balances")
+            await conn.executemany(
+                """INSERT INTO ledger_balances (account_id, balance, as_of) VALUES ($1, $2, $3)
+                   ON CONFLICT (account_id) DO UPDATE SET balance = EXCLUDED.balance, as_of = EXCLUDED.as_of,
+                   loaded_at = now()""",
+                rows,
+            )
+        return len(rows), other
     finally:
         await conn.close()
 

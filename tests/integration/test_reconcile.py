@@ -1,12 +1,14 @@
-"""The reconciler on the real stack: findings, the ledger, re-driving parked letters, and its Redis lock
-(two reconcilers racing, a lost lock, Redis down and back)."""
+"""The reconciler on the real stack: findings, the ledger, re-driving parked letters, what the command says,
+and its Redis lock (two reconcilers racing, a lost lock, Redis down and back)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -59,6 +61,9 @@ def test_a_mismatch_with_the_ledger_re_drives_the_accounts_parked_letters(
     finding = query(fleet, "SELECT kind, account_id, detail FROM reconcile_findings")
     assert [(f["kind"], f["account_id"]) for f in finding] == [("balance_mismatch", "ann")]
     assert '"traced": 40' in finding[0]["detail"] and '"ledger": 60' in finding[0]["detail"]
+    said = first.describe()
+    assert "    ann: traced 40, ledger 60 (traced - ledger = -20)" in said
+    assert "  re-drove 1 parked letter(s) of ann to Kafka: reconcile again once applied" in said
 
     eventually(lambda: query(fleet, "SELECT 1 FROM records WHERE event_id = 'r1'"))
     fleet.drain()
@@ -163,3 +168,51 @@ def test_without_redis_no_run_starts_and_runs_resume_when_it_returns(fleet: Flee
         proc.wait(timeout=10)
     time.sleep(0.2)
     assert run(fleet, url).status == "skipped"
+
+
+def costtrace(fleet: Fleet, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "costtrace.cli", *args],
+        env=fleet.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_the_command_names_what_it_found_and_the_ledger_is_replaced_only_when_asked(
+    fleet: Fleet, lock_free: None, tmp_path: Path
+) -> None:
+    empty = costtrace(fleet, "reconcile", "--json")
+    assert empty.returncode == 0, empty.stderr
+    assert json.loads(empty.stdout)["ledger_compared"] is False
+    assert "no ledger loaded: no balance was compared" in costtrace(fleet, "reconcile").stdout
+
+    (tmp_path / "three.csv").write_text("account_id,balance\na,5\nb,6\nc,7\n")
+    (tmp_path / "two.csv").write_text("account_id,balance\na,8\nb,9\n")
+    assert (
+        "loaded 3 ledger balance(s)" in costtrace(fleet, "ledger", "load", str(tmp_path / "three.csv")).stdout
+    )
+    merged = costtrace(fleet, "ledger", "load", str(tmp_path / "two.csv"))
+    assert "loaded 2 ledger balance(s); 1 other account(s) keep their earlier balances" in merged.stdout
+    balances = query(fleet, "SELECT account_id, balance FROM ledger_balances ORDER BY 1")
+    assert [(r["account_id"], r["balance"]) for r in balances] == [("a", 8), ("b", 9), ("c", 7)]
+
+    text = costtrace(fleet, "reconcile")
+    assert text.returncode == 1, text.stdout + text.stderr
+    lines = text.stdout.splitlines()
+    assert "  balance_mismatch: 3" in lines
+    assert "    c: traced 0, ledger 7 (traced - ledger = -7)" in lines
+    assert lines[-1] == "  no parked letters of the mismatching accounts to re-drive"
+
+    replaced = costtrace(fleet, "ledger", "load", "--replace", str(tmp_path / "two.csv"))
+    assert "replaced the ledger: 2 balance(s) loaded, 1 other account(s) removed" in replaced.stdout
+    assert [r["account_id"] for r in query(fleet, "SELECT account_id FROM ledger_balances ORDER BY 1")] == [
+        "a",
+        "b",
+    ]
+    tool = costtrace(fleet, "reconcile", "--json", "--limit", "1")
+    assert tool.returncode == 1
+    report = json.loads(tool.stdout)
+    assert report["findings"] == {"balance_mismatch": 2} and report["ledger_accounts"] == 2
+    assert report["details"] == [{"kind": "balance_mismatch", "account_id": "a", "traced": 0, "ledger": 8}]
