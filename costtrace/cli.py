@@ -547,7 +547,7 @@ def dlq_show(origin: str, payload_to: str | None) -> None:
     from workers.dlq import read_original, show
 
     settings = _settings()
-    letter, history = asyncio.run(show(settings.postgres_dsn.get_secret_value(), origin))
+    letter, history, trail = asyncio.run(show(settings.postgres_dsn.get_secret_value(), origin))
     if letter is None:
         raise click.ClickException(f"no parked letter {origin!r}")
     payload = letter["payload"]
@@ -571,21 +571,42 @@ def dlq_show(origin: str, payload_to: str | None) -> None:
             f"  attempt {h['attempt']}: {h['reason']} at {h['source_topic']}:{h['source_partition']}"
             f"@{h['source_offset']} ({h['dead_lettered_at']:%Y-%m-%d %H:%M:%S}) {h['detail'] or ''}"
         )
+    click.echo("what was done with it (letter_history, appended only):")
+    for t in trail:
+        what = {
+            "parked": f"parked: {t['reason']}, {t['why']} after {t['attempts']} attempt(s)",
+            "replayed": f"replayed by {t['by']}",
+            "discarded": f"discarded by {t['by']}: {t['note']}",
+        }.get(t["action"], t["action"])
+        click.echo(f"  {t['at']:%Y-%m-%d %H:%M:%S} {what}")
 
 
 @dlq.command("replay")
 @_letters(changes=True)
 @click.option("--again", is_flag=True, help="also send letters already replayed (the model applies once)")
-def dlq_replay(letters: Any, again: bool) -> None:
-    """Send the selected parked letters back to their topics, and mark them replayed."""
+@click.option(
+    "--discarded",
+    is_flag=True,
+    help="also send letters an operator discarded (their discard stays in the history)",
+)
+def dlq_replay(letters: Any, again: bool, discarded: bool) -> None:
+    """Send the selected parked letters back to their topics, and mark them replayed.
+
+    --again and --discarded widen the selection beyond --status.
+    """
     import asyncio
 
     from workers.dlq import replay
 
     settings = _settings()
     dsn = settings.postgres_dsn.get_secret_value()
-    sent, skipped = asyncio.run(replay(dsn, settings.kafka_bootstrap, letters, again))
-    click.echo(f"replayed {sent} letter(s)" + (f"; {skipped} not parked, left alone" if skipped else ""))
+    done = asyncio.run(replay(dsn, settings.kafka_bootstrap, letters, again, discarded))
+    said = f"replayed {done.sent} letter(s)"
+    if done.not_parked:
+        said += f"; {done.not_parked} not parked, left alone"
+    if done.discarded:
+        said += f"; {done.discarded} discarded, left alone (--discarded sends them)"
+    click.echo(said)
 
 
 @dlq.command("discard")

@@ -104,14 +104,21 @@ def origin_of(letter: DeadLetter) -> str:
     return letter.origin or Position(f"{letter.topic}:{letter.partition}", letter.offset).key
 
 
+# the letter's current state, and its park appended to its history (a discard's note stays there)
 PARK: Final = """
-INSERT INTO parked_letters (origin, event_id, account_id, reason, detail, attempts, why, topic,
-                            message_key, payload, payload_size, parked_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
-ON CONFLICT (origin) DO UPDATE SET
-    event_id = EXCLUDED.event_id, reason = EXCLUDED.reason, detail = EXCLUDED.detail,
-    attempts = GREATEST(parked_letters.attempts, EXCLUDED.attempts), why = EXCLUDED.why,
-    parked_at = EXCLUDED.parked_at, status = 'parked', resolved_at = NULL, note = NULL
+WITH parked AS (
+    INSERT INTO parked_letters (origin, event_id, account_id, reason, detail, attempts, why, topic,
+                                message_key, payload, payload_size, parked_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+    ON CONFLICT (origin) DO UPDATE SET
+        event_id = EXCLUDED.event_id, reason = EXCLUDED.reason, detail = EXCLUDED.detail,
+        attempts = GREATEST(parked_letters.attempts, EXCLUDED.attempts), why = EXCLUDED.why,
+        parked_at = EXCLUDED.parked_at, status = 'parked', resolved_at = NULL, note = NULL
+    RETURNING origin, parked_at, reason, attempts, why
+)
+INSERT INTO letter_history (origin, at, action, reason, attempts, why)
+SELECT origin, parked_at, 'parked', reason, attempts, why FROM parked
+ON CONFLICT DO NOTHING
 """
 
 
@@ -160,10 +167,11 @@ def compensator_app(
             # rejection of its account missed (its letters come before this one, on this
             # partition, so they are parked by now)
             if letter.account_id is not None:
-                sent, _ = await redrive(
+                sent = (await redrive(
                     settings.postgres_dsn.get_secret_value(), settings.kafka_bootstrap,
                     Filter(account=letter.account_id, reasons=REDRIVEN_BY_LATE_EVENTS),
-                )  # fmt: skip
+                    by=f"compensator: late event {origin_of(letter)}",
+                )).sent  # fmt: skip
                 metrics.compensations.labels("redriven").inc(sent)
                 if sent:
                     log.info("late event of %s: re-drove %d parked letter(s)", letter.account_id, sent)

@@ -205,7 +205,9 @@ async def _run(
             mismatched = sorted({a for kind, a, _ in findings if kind == "balance_mismatch" and a})
             replayed = {}
             for account in mismatched:
-                sent, _ = await replay(dsn, bootstrap, Filter(account=account))
+                sent = (
+                    await replay(dsn, bootstrap, Filter(account=account), by=f"reconcile run {run_id}")
+                ).sent
                 if sent:
                     replayed[account] = sent
             result.actions = {"replayed_parked_letters": replayed}

@@ -15,6 +15,7 @@ from typing import Any
 
 import asyncpg
 import msgspec
+import pytest
 
 from tests.integration.fleet import REPO, Fleet, by_account, replay
 
@@ -145,3 +146,30 @@ def test_final_and_exhausted_letters_are_parked_and_ops_replay_or_discard_them(f
     discarded = query(fleet, "SELECT event_id, note FROM parked_letters WHERE status = 'discarded'")
     assert discarded == [{"event_id": "x1", "note": "producer fixed"}]
     assert dlq(fleet, "list") == ""  # nothing left parked
+
+    # a discarded letter goes back only when asked by name; its history only grows
+    x1 = by_event["x1"]["origin"]
+    kept = dlq(fleet, "replay", "--again", x1)
+    assert kept.startswith("replayed 0 letter(s)") and "1 discarded, left alone" in kept
+    assert dlq(fleet, "replay", "--discarded", x1).startswith("replayed 1 letter(s)")
+    eventually(
+        lambda: query(fleet, "SELECT 1 FROM parked_letters WHERE origin = $1 AND status = 'parked'", x1)
+    )
+    trail = query(
+        fleet, "SELECT action, reason, note, by FROM letter_history WHERE origin = $1 ORDER BY at", x1
+    )
+    assert [(t["action"], t["reason"], t["note"]) for t in trail] == [
+        ("parked", "invalid_event", None),
+        ("discarded", None, "producer fixed"),
+        ("replayed", None, None),
+        ("parked", "invalid_event", None),
+    ]
+    assert trail[1]["by"].startswith("costtrace dlq (") and trail[2]["by"].startswith("costtrace dlq (")
+    shown = dlq(fleet, "show", x1)
+    assert "discarded by costtrace dlq (" in shown and ": producer fixed" in shown
+    t1_trail = query(fleet, "SELECT action FROM letter_history WHERE origin = $1 ORDER BY at", origin)
+    assert [t["action"] for t in t1_trail] == ["parked", "replayed", "replayed"]
+    with pytest.raises(asyncpg.exceptions.RaiseError, match="append-only"):
+        query(fleet, "UPDATE letter_history SET note = 'rewritten'")
+    with pytest.raises(asyncpg.exceptions.RaiseError, match="append-only"):
+        query(fleet, "DELETE FROM letter_history")
