@@ -829,11 +829,13 @@ def repartition(to_prefix: str, to_app_id: str, partitions: int) -> None:
 
 @main.command("archive")
 @click.option(
-    "--before", metavar="DATE", help="archive orders whose every record came before DATE (ISO 8601)"
-)
+    "--before", metavar="DATE",
+    help="archive orders placed before DATE (ISO 8601): their consumed event's time in the log",
+)  # fmt: skip
 @click.option(
-    "--refund-window", metavar="AGE", help="or: before now minus AGE (e.g. 90d), for scheduled runs"
-)
+    "--refund-window", metavar="AGE",
+    help="or: orders placed more than AGE ago (e.g. 90d), for scheduled runs",
+)  # fmt: skip
 @click.option("--chunk", type=int, default=1000, show_default=True, help="orders per checked chunk")
 def archive_cmd(before: str | None, refund_window: str | None, chunk: int) -> None:
     """Move settled orders past their refund window to the archive tables, and out of the accounts' state."""

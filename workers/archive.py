@@ -1,7 +1,12 @@
 """`costtrace archive --before DATE`: settled orders' records out of the hot table, and out of state.
 
-An order is archived when every record of it was received before DATE (its
-refund window has passed) and it owes nothing on SUSPENSE. Its records move
+An order is archived when it was placed before DATE (its refund window has
+passed) and it owes nothing on SUSPENSE. Its time is its consume's place in
+the log: the record timestamp of the consumed event (`received_at`), which
+producers set to the event's `occurred_at` (docs/producers.md), so an order
+that occurred in April is archived by `--before` May 1 even when it arrived
+in a historical load months later. Its refunds, whenever they came, go with
+it. Its records move
 to `records_archive` in chunks; each chunk copies, compares count and sum of
 amounts of what it copied with what it is about to delete, and only then
 deletes the hot rows, in one transaction. The views (`all_records`, `stock`,
@@ -30,7 +35,7 @@ SELECT account_id, order_id
 FROM records
 WHERE order_id IS NOT NULL
 GROUP BY account_id, order_id
-HAVING max(received_at) < $1
+HAVING max(received_at) FILTER (WHERE kind = 'consume') < $1
    AND coalesce(sum(amount) FILTER (WHERE batch_id = 'SUSPENSE'), 0) = 0
 ORDER BY account_id, order_id
 LIMIT $2

@@ -4,6 +4,7 @@ export stays the same, and the account's state refuses a late refund of an archi
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -57,6 +58,36 @@ def test_archived_orders_leave_the_hot_table_and_their_state(fleet: Fleet) -> No
         {"reason": "order_archived"}
     ]
     assert query(fleet, "SELECT 1 FROM records WHERE event_id = 'r2'") == []
+
+
+def test_orders_are_archived_by_when_they_occurred_not_when_they_arrived(fleet: Fleet) -> None:
+    """A historical load published today: April's order goes with `--before` May 1, its May refund with it."""
+    log = [
+        event(event_id="i1", type="issued", account_id="ann", batch_id="b1", budget_id="B1", amount=100,
+              occurred_at="2026-04-01T09:00:00Z"),
+        event(event_id="c1", type="consumed", account_id="ann", order_id="o1", amount=60,
+              occurred_at="2026-04-10T09:00:00Z"),
+        event(event_id="c2", type="consumed", account_id="ann", order_id="o2", amount=10,
+              occurred_at="2026-05-10T09:00:00Z"),
+        event(event_id="r1", type="refunded", account_id="ann", refund_id="f1", order_id="o1", amount=5,
+              occurred_at="2026-05-20T09:00:00Z"),
+    ]  # fmt: skip
+    fleet.start("allocator", "allocator", fleet.tmp / "state")
+    fleet.start("sink", "sink")
+    fleet.publish(log)  # each record stamped with its event's time, as the producer docs ask
+    fleet.drain()
+    assert len(query(fleet, "SELECT 1 FROM records WHERE order_id IS NOT NULL")) == 3
+
+    assert "archived 1 order(s), 2 record(s)" in run(fleet, "archive", "--before", "2026-05-01")
+    assert query(fleet, "SELECT order_id, records, amount FROM archived_orders") == [
+        {"order_id": "o1", "records": 2, "amount": -55}
+    ]
+    # the refund window counts from when o2 occurred: a window ending after May 10 takes it
+    window = (datetime.now(UTC) - datetime(2026, 5, 15, tzinfo=UTC)).days
+    assert "archived 1 order(s), 1 record(s)" in run(fleet, "archive", "--refund-window", f"{window}d")
+    assert query(fleet, "SELECT order_id FROM archived_orders ORDER BY 1") == [
+        {"order_id": "o1"}, {"order_id": "o2"}
+    ]  # fmt: skip
 
 
 def latest_state(fleet: Fleet) -> dict[bytes, bytes]:
