@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
@@ -723,6 +724,17 @@ def _switch_client() -> Any:
     return redis.Redis.from_url(_settings().redis_url.get_secret_value(), socket_timeout=5)
 
 
+@contextlib.contextmanager
+def _redis_or_say(what: str) -> Iterator[None]:
+    """Redis unreachable: one line saying what was not done, exit 1; no traceback."""
+    from redis.exceptions import RedisError
+
+    try:
+        yield
+    except (RedisError, OSError) as exc:
+        raise click.ClickException(f"Redis unavailable ({type(exc).__name__}: {exc}): {what}") from exc
+
+
 @switch.command("on")
 @click.option("--node", metavar="T", help="the historical node: events at or before T are skipped (RFC 3339)")
 def switch_on(node: str | None) -> None:
@@ -733,7 +745,8 @@ def switch_on(node: str | None) -> None:
         sw = Switch.of(True, node)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--node") from exc
-    _switch_client().set(SWITCH_KEY, encode_switch(sw))
+    with _redis_or_say("the switch was not changed; allocators keep the last switch they read"):
+        _switch_client().set(SWITCH_KEY, encode_switch(sw))
     click.echo(f"tracing {sw.describe()}")
 
 
@@ -743,7 +756,8 @@ def switch_off() -> None:
     from workers.switch import SWITCH_KEY, Switch, encode_switch
 
     sw = Switch.of(False, None)
-    _switch_client().set(SWITCH_KEY, encode_switch(sw))
+    with _redis_or_say("the switch was not changed; allocators keep the last switch they read"):
+        _switch_client().set(SWITCH_KEY, encode_switch(sw))
     click.echo(f"tracing {sw.describe()}")
 
 
@@ -752,7 +766,8 @@ def switch_status() -> None:
     """What the switch says now (allocators pick it up within COSTTRACE_SWITCH_POLL seconds)."""
     from workers.switch import SWITCH_KEY, Switch, decode_switch
 
-    raw = _switch_client().get(SWITCH_KEY)
+    with _redis_or_say("the switch could not be read; allocators keep the last switch they read"):
+        raw = _switch_client().get(SWITCH_KEY)
     sw = Switch() if raw is None else decode_switch(raw)
     click.echo(f"tracing {sw.describe()}" + (" (not set)" if raw is None else ""))
 
@@ -774,12 +789,14 @@ def migrate_cmd(as_of: str, balances: str, budget: str, rate: float | None) -> N
 
     from tqdm import tqdm
 
-    from workers.migrate import migrate, opening_events
+    from workers.migrate import canonical_instant, conflicting_openings, migrate, opening_events
     from workers.reconcile import parse_ledger
 
     try:
+        node = canonical_instant(as_of)
         rows = parse_ledger(balances, Path(balances).read_text())
-        events = opening_events(as_of, [(account, amount) for account, amount, _ in rows], budget)
+        plain = [(account, amount) for account, amount, _ in rows]
+        events = opening_events(node, plain, budget)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     negative = sum(1 for _, amount, _ in rows if amount < 0)
@@ -788,14 +805,30 @@ def migrate_cmd(as_of: str, balances: str, budget: str, rate: float | None) -> N
             f"{negative} account(s) have a negative balance at T: an opening balance cannot carry debt"
         )
     settings = _settings()
+    conflicts = asyncio.run(conflicting_openings(settings.postgres_dsn.get_secret_value(), node, plain))
+    if conflicts:
+        shown = ", ".join(f"{a}: {traced:,} traced, {new:,} in the file" for a, traced, new in conflicts[:10])
+        raise click.ClickException(
+            f"{len(conflicts):,} account(s) already have an opening at {node} with another balance ({shown}"
+            f"{', ...' if len(conflicts) > 10 else ''}). The node's balances are fixed once traced: correct "
+            "a difference with an ordinary event after the node (issued for more, consumed for less). "
+            "Nothing was published."
+        )
+    zero = [account for account, amount in plain if amount == 0]
+    if zero:
+        listed = ", ".join(zero[:10]) + (", ..." if len(zero) > 10 else "")
+        click.echo(f"{len(zero):,} account(s) with balance 0 at {node} get no opening: {listed}")
     topic = f"{settings.topic_prefix}.opened"
-    with tqdm(total=len(events), unit="account", disable=None) as bar:
+    with (
+        _redis_or_say("the migration stopped; run it again when Redis is back: it resumes at its checkpoint"),
+        tqdm(total=len(events), unit="account", disable=None) as bar,
+    ):
         redis_url = settings.redis_url.get_secret_value()
         start, sent = asyncio.run(
-            migrate(settings.kafka_bootstrap, topic, redis_url, as_of, events, rate, bar.update)
+            migrate(settings.kafka_bootstrap, topic, redis_url, node, events, rate, bar.update)
         )
     resumed = f"resumed after {start:,}; " if start else ""
-    click.echo(f"{resumed}published {sent:,} opening balance(s) to {topic}; {len(events):,} in all")
+    click.echo(f"{resumed}published {sent:,} opening balance(s) at {node} to {topic}; {len(events):,} in all")
 
 
 @main.command()

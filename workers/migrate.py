@@ -2,8 +2,12 @@
 
 Each event is the account's opening balance at T, as a batch of the
 `LEGACY` budget (contract: `opened`); its ids are fixed by T and the
-account (`event_id` and `batch_id` `opening@T`), so publishing it again is an
-exact repeat the model ignores. Progress is checkpointed in Redis after each
+account (`event_id` and `batch_id` `opening@T`, T in one spelling however it
+was written: UTC, `Z`), so publishing it again is an exact repeat the model
+ignores. A balance at T that differs from the one already traced is refused
+before anything is published (`conflicting_openings`): the node's balances
+are fixed once traced, and the model would park the new one as a
+`conflicting_duplicate`. Progress is checkpointed in Redis after each
 confirmed chunk: a migration killed halfway resumes after the last
 checkpoint, and one run to the end again publishes nothing.
 """
@@ -14,8 +18,10 @@ import asyncio
 import hashlib
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Final
 
+import asyncpg
 import msgspec
 import redis.asyncio as aioredis
 
@@ -26,11 +32,19 @@ CHUNK: Final = 500
 LEGACY: Final = "LEGACY"
 
 
+def canonical_instant(text: str) -> str:
+    """An RFC 3339 instant in one spelling (UTC, `Z`, a fraction only as long as it needs): the node's ids
+    are built from it, so `+00:00` and `01:00+01:00` name the node `Z` names."""
+    seconds, fraction = divmod(parse_instant(text), 1_000_000_000)
+    day = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return day + (f".{fraction:09d}".rstrip("0") if fraction else "") + "Z"
+
+
 def opening_events(
     as_of: str, balances: list[tuple[str, int]], budget: str = LEGACY
 ) -> list[tuple[str, bytes]]:
     """(account_id, event JSON) for every account with a positive balance, in the file's order."""
-    parse_instant(as_of)  # a valid RFC 3339 instant, or ValueError
+    as_of = canonical_instant(as_of)  # a valid RFC 3339 instant, or ValueError
     opening = f"opening@{as_of}"
     out = []
     for account, amount in balances:
@@ -42,6 +56,29 @@ def opening_events(
         }  # fmt: skip
         out.append((account, msgspec.json.encode(body)))
     return out
+
+
+async def conflicting_openings(
+    dsn: str, as_of: str, balances: list[tuple[str, int]]
+) -> list[tuple[str, int, int]]:
+    """Accounts whose opening at this node is traced already with another balance: (account, traced, new).
+
+    Sees what the sink has written: run it with the fleet drained.
+    """
+    wanted = {account: amount for account, amount in balances if amount > 0}
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT account_id, amount FROM stock WHERE batch_id = $1 AND account_id = ANY($2::text[])",
+            f"opening@{canonical_instant(as_of)}", list(wanted),
+        )  # fmt: skip
+    finally:
+        await conn.close()
+    return sorted(
+        (r["account_id"], int(r["amount"]), wanted[r["account_id"]])
+        for r in rows
+        if int(r["amount"]) != wanted[r["account_id"]]
+    )
 
 
 def checkpoint_key(as_of: str, events: list[tuple[str, bytes]]) -> str:

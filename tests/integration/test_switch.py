@@ -143,3 +143,47 @@ def test_a_migration_killed_halfway_resumes_and_the_switch_skips_what_the_node_h
     fleet.publish([consume("c-before-3", "acct-00003", "o4", 5, "2026-02-15T00:00:00Z")])
     fleet.drain()
     assert query(fleet, "SELECT amount FROM records WHERE event_id = 'c-before-3'") == [{"amount": -5}]
+
+
+def test_one_opening_per_account_and_node_however_written_and_a_corrected_balance_is_refused(
+    fleet: Fleet, private_redis: PrivateRedis
+) -> None:
+    fleet.env["COSTTRACE_REDIS_URL"] = private_redis.url
+    fleet.start("allocator", "allocator", fleet.tmp / "state")
+    fleet.start("sink", "sink")
+    balances = fleet.tmp / "balances.csv"
+    balances.write_text("account_id,balance\nh9,10\nz0,0\n")
+    first = run(fleet, "migrate", "--as-of", "2026-03-01T00:00:00Z", "--balances", str(balances))
+    assert "1 account(s) with balance 0 at 2026-03-01T00:00:00Z get no opening: z0" in first
+    assert "published 1 opening balance(s) at 2026-03-01T00:00:00Z" in first
+    for spelling in ("2026-03-01T00:00:00+00:00", "2026-03-01T01:00:00+01:00"):
+        assert "resumed after 1; published 0" in run(
+            fleet, "migrate", "--as-of", spelling, "--balances", str(balances)
+        )
+    fleet.drain()
+    opened = query(fleet, "SELECT account_id, amount FROM records WHERE kind = 'open'")
+    assert opened == [{"account_id": "h9", "amount": 10}]
+
+    balances.write_text("account_id,balance\nh9,30\n")
+    corrected = cli(fleet, "migrate", "--as-of", "2026-03-01T01:00:00+01:00", "--balances", str(balances))
+    out, err = corrected.communicate(timeout=120)
+    assert corrected.returncode == 1
+    assert "1 account(s) already have an opening at 2026-03-01T00:00:00Z with another balance" in err
+    assert "(h9: 10 traced, 30 in the file)" in err and "Nothing was published." in err
+    fleet.drain()
+    assert query(fleet, "SELECT * FROM dead_letters") == []
+    assert query(fleet, "SELECT account_id, amount FROM records WHERE kind = 'open'") == opened
+
+    # Redis gone: one line and an exit code, no traceback
+    private_redis.down()
+    for args in (
+        ["switch", "status"],
+        ["switch", "off"],
+        ["migrate", "--as-of", NODE, "--balances", str(balances)],
+    ):
+        if args[0] == "migrate":
+            balances.write_text("account_id,balance\nnew1,5\n")
+        proc = cli(fleet, *args)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 1, (args, out, err)
+        assert err.startswith("Error: Redis unavailable (") and len(err.strip().splitlines()) == 1, err

@@ -11,7 +11,7 @@ from costtrace.model.allocation import Status
 from costtrace.model.state import MemoryStore
 from tests.model.helpers import consumed, issued
 from workers.allocator import Allocator, Message
-from workers.migrate import checkpoint_key, opening_events
+from workers.migrate import canonical_instant, checkpoint_key, opening_events
 from workers.switch import Switch, SwitchHolder, encode_switch
 
 NODE = "2026-03-01T00:00:00Z"
@@ -72,3 +72,11 @@ def test_opening_events_are_fixed_by_the_node_and_the_account() -> None:
     assert checkpoint_key(NODE, events) != checkpoint_key(NODE, events[:1])
     with pytest.raises(ValueError):
         opening_events("yesterday", [("ann", 1)])
+
+
+def test_a_node_written_three_ways_is_one_node_with_one_opening_per_account() -> None:
+    spellings = ["2026-03-01T00:00:00Z", "2026-03-01T00:00:00+00:00", "2026-03-01T01:00:00+01:00"]
+    assert {canonical_instant(t) for t in spellings} == {"2026-03-01T00:00:00Z"}
+    assert len({tuple(opening_events(t, [("h9", 10)])) for t in spellings}) == 1
+    assert canonical_instant("2026-02-28T23:59:59.250-00:30") == "2026-03-01T00:29:59.25Z"
+    assert canonical_instant("2026-03-01T00:00:00.000000001Z") == "2026-03-01T00:00:00.000000001Z"
