@@ -737,37 +737,49 @@ def _redis_or_say(what: str) -> Iterator[None]:
 
 @switch.command("on")
 @click.option("--node", metavar="T", help="the historical node: events at or before T are skipped (RFC 3339)")
-def switch_on(node: str | None) -> None:
-    """Trace every event, or (with --node) every event after the historical node."""
-    from workers.switch import SWITCH_KEY, Switch, encode_switch
+@click.option(
+    "--no-node", is_flag=True, help="drop the historical node: trace every event, whenever it occurred"
+)
+def switch_on(node: str | None, no_node: bool) -> None:
+    """Trace every event after the historical node: the one given, or the one set now (kept as it is)."""
+    from workers.switch import Switch, decode_switch, encode_switch, switch_key
 
+    if node is not None and no_node:
+        raise click.UsageError("give --node T or --no-node, not both")
+    key = switch_key(_settings().topic_prefix)
+    kept = ""
+    if node is None and not no_node:  # keep the node set now, and say so
+        with _redis_or_say("the switch could not be read, and was not changed"):
+            raw = _switch_client().get(key)
+        node = None if raw is None else decode_switch(raw).node
+        kept = " (kept; --node T sets another, --no-node drops it)" if node else " (none was set)"
     try:
         sw = Switch.of(True, node)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--node") from exc
     with _redis_or_say("the switch was not changed; allocators keep the last switch they read"):
-        _switch_client().set(SWITCH_KEY, encode_switch(sw))
-    click.echo(f"tracing {sw.describe()}")
+        _switch_client().set(key, encode_switch(sw))
+    click.echo(f"tracing {sw.describe()}{kept}")
 
 
 @switch.command("off")
 def switch_off() -> None:
     """Skip every event but `opened` (opening balances), until switched on."""
-    from workers.switch import SWITCH_KEY, Switch, encode_switch
+    from workers.switch import Switch, encode_switch, switch_key
 
     sw = Switch.of(False, None)
     with _redis_or_say("the switch was not changed; allocators keep the last switch they read"):
-        _switch_client().set(SWITCH_KEY, encode_switch(sw))
+        _switch_client().set(switch_key(_settings().topic_prefix), encode_switch(sw))
     click.echo(f"tracing {sw.describe()}")
 
 
 @switch.command("status")
 def switch_status() -> None:
     """What the switch says now (allocators pick it up within COSTTRACE_SWITCH_POLL seconds)."""
-    from workers.switch import SWITCH_KEY, Switch, decode_switch
+    from workers.switch import Switch, decode_switch, switch_key
 
     with _redis_or_say("the switch could not be read; allocators keep the last switch they read"):
-        raw = _switch_client().get(SWITCH_KEY)
+        raw = _switch_client().get(switch_key(_settings().topic_prefix))
     sw = Switch() if raw is None else decode_switch(raw)
     click.echo(f"tracing {sw.describe()}" + (" (not set)" if raw is None else ""))
 
@@ -825,7 +837,16 @@ def migrate_cmd(as_of: str, balances: str, budget: str, rate: float | None) -> N
     ):
         redis_url = settings.redis_url.get_secret_value()
         start, sent = asyncio.run(
-            migrate(settings.kafka_bootstrap, topic, redis_url, node, events, rate, bar.update)
+            migrate(
+                settings.kafka_bootstrap,
+                topic,
+                redis_url,
+                node,
+                events,
+                rate,
+                bar.update,
+                settings.topic_prefix,
+            )
         )
     resumed = f"resumed after {start:,}; " if start else ""
     click.echo(f"{resumed}published {sent:,} opening balance(s) at {node} to {topic}; {len(events):,} in all")

@@ -45,7 +45,7 @@ from workers.metrics import Health, Metrics, lag_of, serve
 from workers.outbox import Outbox, fits_one_batch
 from workers.settings import Settings
 from workers.state import AccountsHeld, PartitionTable, TableStore, without_write_ahead_log
-from workers.switch import SWITCH_KEY, SwitchHolder
+from workers.switch import SwitchHolder, switch_key
 
 log = logging.getLogger(__name__)
 
@@ -728,7 +728,7 @@ def allocator_app(settings: Settings) -> faust.App:
 
     async def read_switch() -> None:
         try:
-            raw = await redis_client.get(SWITCH_KEY)
+            raw = await redis_client.get(switch_key(settings.topic_prefix))
         except (RedisError, OSError) as exc:
             metrics.switch_read_failures.inc()
             log.warning("tracing switch not read (%r); going on with: %s", exc, switch.current.describe())

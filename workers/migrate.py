@@ -81,9 +81,10 @@ async def conflicting_openings(
     )
 
 
-def checkpoint_key(as_of: str, events: list[tuple[str, bytes]]) -> str:
+def checkpoint_key(as_of: str, events: list[tuple[str, bytes]], prefix: str = "costtrace") -> str:
+    """Where a migration's progress is kept: per fleet (topic prefix), node and file."""
     digest = hashlib.blake2b(b"\n".join(e for _, e in events), digest_size=12).hexdigest()
-    return f"costtrace:migrate:{as_of}:{digest}"
+    return f"{prefix}:migrate:{as_of}:{digest}"
 
 
 async def migrate(
@@ -94,10 +95,11 @@ async def migrate(
     events: list[tuple[str, bytes]],
     rate: float | None = None,
     progress: Callable[[int], None] = lambda n: None,
+    prefix: str = "costtrace",
 ) -> tuple[int, int]:
     """Publish from the checkpoint on; (where it resumed, how many it published)."""
     client = aioredis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
-    key = checkpoint_key(as_of, events)
+    key = checkpoint_key(as_of, events, prefix)
     producer = reliable_producer(bootstrap)
     await producer.start()
     try:

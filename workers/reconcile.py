@@ -36,7 +36,13 @@ from workers.settings import Settings
 
 log = logging.getLogger(__name__)
 
-LOCK_KEY: Final = "costtrace:reconcile:lock"
+LOCK_KEY: Final = "costtrace:reconcile:lock"  # the default fleet's (prefix `costtrace`)
+
+
+def lock_key(prefix: str) -> str:
+    """The fleet's reconcile lock in Redis, under its topic prefix like its switch."""
+    return f"{prefix}:reconcile:lock"
+
 
 # kind -> (SQL, description); each row becomes one finding
 CHECKS: Final[dict[str, tuple[str, str]]] = {
@@ -244,11 +250,12 @@ async def reconcile(
     debt_age: timedelta = timedelta(days=30),
     holder: str | None = None,
     before_actions: Callable[[], Awaitable[None]] = lambda: asyncio.sleep(0),
+    key: str = LOCK_KEY,
 ) -> RunResult:
     """One run under the fleet-wide lock; `wait` for a running one to finish, or skip."""
     holder = holder or holder_name()
     client = aioredis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
-    lock = client.lock(LOCK_KEY, timeout=lock_ttl, blocking=wait, blocking_timeout=None, thread_local=False)
+    lock = client.lock(key, timeout=lock_ttl, blocking=wait, blocking_timeout=None, thread_local=False)
     try:
         try:
             if not await lock.acquire(token=holder.encode()):
@@ -275,7 +282,7 @@ async def reconcile(
             if lost.is_set() and not run.done():
                 run.cancel()
                 await asyncio.gather(run, return_exceptions=True)
-                raise LockLost(f"the reconcile lock ({LOCK_KEY}) was lost; the run stopped")
+                raise LockLost(f"the reconcile lock ({key}) was lost; the run stopped")
             return run.result()
         finally:
             for task in (renewal, stop):
@@ -361,7 +368,9 @@ def parse_ledger(name: str, text: str) -> list[tuple[str, int, datetime | None]]
 async def reconcile_with(settings: Settings, **options: Any) -> RunResult:
     """One run on the fleet's settings (see `reconcile` for the options)."""
     dsn, redis_url = settings.postgres_dsn.get_secret_value(), settings.redis_url.get_secret_value()
-    return await reconcile(dsn, redis_url, settings.kafka_bootstrap, **options)
+    return await reconcile(
+        dsn, redis_url, settings.kafka_bootstrap, key=lock_key(settings.topic_prefix), **options
+    )
 
 
 async def run_on_schedule(

@@ -25,7 +25,12 @@ from schemas.timestamps import parse_instant
 
 log = logging.getLogger(__name__)
 
-SWITCH_KEY: Final = "costtrace:switch"
+SWITCH_KEY: Final = "costtrace:switch"  # the default fleet's (prefix `costtrace`)
+
+
+def switch_key(prefix: str) -> str:
+    """The fleet's switch in Redis: under its topic prefix, so fleets sharing a Redis never share one."""
+    return f"{prefix}:switch"
 
 
 class Switch(msgspec.Struct, frozen=True):

@@ -95,7 +95,7 @@ def test_a_migration_killed_halfway_resumes_and_the_switch_skips_what_the_node_h
     client = redis.Redis(port=private_redis.port)
 
     def checkpoint() -> int:
-        return sum(int(client.get(k) or 0) for k in client.keys("costtrace:migrate:*"))
+        return sum(int(client.get(k) or 0) for k in client.keys(f"{fleet.settings.topic_prefix}:migrate:*"))
 
     eventually(lambda: checkpoint() >= 1000)
     migration.send_signal(signal.SIGKILL)
@@ -173,6 +173,18 @@ def test_one_opening_per_account_and_node_however_written_and_a_corrected_balanc
     fleet.drain()
     assert query(fleet, "SELECT * FROM dead_letters") == []
     assert query(fleet, "SELECT account_id, amount FROM records WHERE kind = 'open'") == opened
+
+    # the fleet's own switch (under its prefix); `on` keeps the node unless told otherwise
+    client = redis.Redis(port=private_redis.port)
+    assert "historical node 2026-03-01T00:00:00Z" in run(fleet, "switch", "on", "--node", NODE)
+    kept = run(fleet, "switch", "on")
+    assert (
+        "on, historical node 2026-03-01T00:00:00Z (kept; --node T sets another, --no-node drops it)" in kept
+    )
+    assert client.get(f"{fleet.settings.topic_prefix}:switch") is not None
+    assert client.get("costtrace:switch") is None  # another fleet's, sharing this Redis, is untouched
+    assert "no historical node" in run(fleet, "switch", "on", "--no-node")
+    assert "(none was set)" in run(fleet, "switch", "on")
 
     # Redis gone: one line and an exit code, no traceback
     private_redis.down()
