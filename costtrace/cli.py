@@ -764,12 +764,14 @@ def switch_on(node: str | None, no_node: bool) -> None:
 
 @switch.command("off")
 def switch_off() -> None:
-    """Skip every event but `opened` (opening balances), until switched on."""
-    from workers.switch import Switch, encode_switch, switch_key
+    """Skip every event but `opened` (opening balances), until switched on; the node is kept for `on`."""
+    from workers.switch import Switch, decode_switch, encode_switch, switch_key
 
-    sw = Switch.of(False, None)
+    key = switch_key(_settings().topic_prefix)
     with _redis_or_say("the switch was not changed; allocators keep the last switch they read"):
-        _switch_client().set(switch_key(_settings().topic_prefix), encode_switch(sw))
+        raw = _switch_client().get(key)
+        sw = Switch.of(False, None if raw is None else decode_switch(raw).node)
+        _switch_client().set(key, encode_switch(sw))
     click.echo(f"tracing {sw.describe()}")
 
 

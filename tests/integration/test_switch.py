@@ -177,6 +177,7 @@ def test_one_opening_per_account_and_node_however_written_and_a_corrected_balanc
     # the fleet's own switch (under its prefix); `on` keeps the node unless told otherwise
     client = redis.Redis(port=private_redis.port)
     assert "historical node 2026-03-01T00:00:00Z" in run(fleet, "switch", "on", "--node", NODE)
+    run(fleet, "switch", "off")  # the node waits for `on`
     kept = run(fleet, "switch", "on")
     assert (
         "on, historical node 2026-03-01T00:00:00Z (kept; --node T sets another, --no-node drops it)" in kept
