@@ -17,15 +17,12 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
 
 import msgspec
 
 from schemas.timestamps import parse_instant
 
 log = logging.getLogger(__name__)
-
-SWITCH_KEY: Final = "costtrace:switch"  # the default fleet's (prefix `costtrace`)
 
 
 def switch_key(prefix: str) -> str:
