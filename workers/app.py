@@ -353,7 +353,10 @@ class Hold:
       thread only attaches it.
     - **After every seek the hold starts over** from the committed offsets and
       their metadata (faust reads every partition again from its commit after
-      each rebalance, and drops what it had fetched).
+      each rebalance, and drops what it had fetched); a partition never
+      committed starts at its log's start, asked of the broker before any
+      message is taken, since faust can still hand over a record it fetched
+      before the seek, which must not pass for the start.
     - **A partition the hold has plenty of is not fetched** (`crowded`) until
       the others have caught up, as Kafka Streams pauses a full partition
       buffer.
@@ -418,11 +421,15 @@ class Hold:
         if tps:
             client = thread._consumer  # aiokafka's, in faust's consumer thread
             committed = await thread.call_thread(client._coordinator.fetch_committed_offsets, tps)
+        # never committed: from the log's start, known before any message is taken (faust can hand over
+        # records it fetched before its seek; the first to come must not pass for the start)
+        never = [tp for tp in tps if committed.get(tp) is None]
+        starts: dict[Any, int] = dict(await consumer.earliest_offsets(*never)) if never else {}
         positions: dict[tuple[str, int], tuple[int | None, str | None]] = {}
         for tp in tps:
             done = committed.get(tp)
             where = (tp.topic, tp.partition)
-            positions[where] = (None, None) if done is None else (done.offset, done.metadata)
+            positions[where] = (starts.get(tp), None) if done is None else (done.offset, done.metadata)
         self.merge.assign(positions, time.monotonic())
         self._commit_metadata.clear()
         log.info("hold: %d partition(s) from their commits", len(self.merge.groups))

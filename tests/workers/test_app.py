@@ -6,15 +6,18 @@ from __future__ import annotations
 import asyncio
 import gc
 import warnings
+from types import SimpleNamespace
 from typing import Any
 from unittest.mock import ANY
 
+from aiokafka.structs import OffsetAndMetadata
 from faust.types import TP
 from mode import Service
 from mode.services import WaitResults
 from mode.utils.queues import FlowControlEvent, ThrowableQueue
 
-from workers.app import ConsumerGuards, StreamRoom, fast_hand_over
+from workers.app import ConsumerGuards, Hold, StreamRoom, fast_hand_over
+from workers.merge import LogMerge
 
 STREAM, OTHER, CHANGELOG = TP("p.issued", 0), TP("p.issued", 1), TP("app-state-changelog", 0)
 
@@ -243,3 +246,48 @@ async def test_a_hand_over_waiting_for_room_is_dropped_unrun_when_the_flow_is_su
     consumer.suspend_flow.clear()
     assert (await consumer.wait_first(put(5), consumer.suspend_flow.wait())).results == [None]
     assert ran == [5]
+
+
+class CommittedConsumer:
+    """What `Hold.start` reads of faust's consumer: the generation, the committed offsets, the log starts."""
+
+    def __init__(self, committed: dict[TP, OffsetAndMetadata], earliest: dict[TP, int]) -> None:
+        self.app = SimpleNamespace(consumer_generation_id=2)
+        coordinator = SimpleNamespace(
+            fetch_committed_offsets=lambda tps: {t: committed[t] for t in tps if t in committed}
+        )
+        self._thread = SimpleNamespace(
+            _consumer=SimpleNamespace(_coordinator=coordinator), call_thread=self.call
+        )
+        self.earliest = earliest
+        self.asked: list[TP] = []
+
+    async def call(self, fn: Any, *args: Any) -> Any:
+        return fn(*args)
+
+    async def earliest_offsets(self, *tps: TP) -> dict[TP, int]:
+        self.asked += tps
+        return {tp: self.earliest[tp] for tp in tps}
+
+
+async def test_a_partition_never_committed_starts_where_its_log_starts_not_where_a_stale_record_says() -> (
+    None
+):
+    topics = {"p.opened": 0, "p.issued": 1, "p.transferred": 3}
+    merge = LogMerge(topics, "p.credits", 1, 3.0)
+    hold = Hold(merge, {*topics, "p.credits"})
+    credits, issued, opened = TP("p.credits", 0), TP("p.issued", 0), TP("p.opened", 0)
+    transferred = TP("p.transferred", 0)
+    committed = {opened: OffsetAndMetadata(7, ""), transferred: OffsetAndMetadata(0, "")}
+    hold._consumer = CommittedConsumer(committed, {credits: 3, issued: 0})
+    await hold.start({credits, issued, opened, transferred})
+    assert sorted(hold._consumer.asked) == sorted([credits, issued])  # only the never committed
+
+    # faust hands over a record it fetched before its seek: later than the log's start, so not taken
+    stale = SimpleNamespace(key=b"a", value=b"")
+    merge.add("p.credits", 0, 128, 0, [], stale)
+    merge.add("p.issued", 0, 40, 0, [], stale)
+    assert merge.resync == {("p.credits", 0): 3, ("p.issued", 0): 0}
+    assert merge.held == 0
+    merge.add("p.issued", 0, 0, 0, [], stale)  # read again from the start: taken
+    assert merge.held == 1 and ("p.issued", 0) not in merge.resync
