@@ -110,6 +110,9 @@ class Held:
     account: bytes | None  # whose event it is (the message key)
     source: Source
     late: bool = False
+    # a credit that was announced: its announcement's offset on the credits partition, which holds the
+    # commit there until the credit is applied (see `_settle`)
+    announced_at: int | None = None
 
 
 @dataclass(slots=True)
@@ -297,9 +300,10 @@ class LogMerge:
         account = message.key
         if order is not None and account is not None:
             key = OrderKey.credit_of(order)
-            pending = self._settle(group, account, key)
+            announced_at = self._settle(group, account, key)
             held = Held(key, self.seq, message, None, offset, account, group.credits[key.partition])
-            self._hold(group, held.source, held, late=not pending)
+            held.announced_at = announced_at
+            self._hold(group, held.source, held, late=announced_at is None)
         elif announce is not None and account is not None:
             self._announce(group, OrderKey.credit_of(announce), account, offset)
         elif watermark is not None:
@@ -320,11 +324,19 @@ class LogMerge:
         bisect.insort(group.announced.setdefault(key.partition, []), (key, account, offset))
         group.announcement_offsets[offset] = None
 
-    def _settle(self, group: Group, account: bytes, key: OrderKey) -> bool:
-        """A credit came: its announcement is settled. Whether it was announced and waited for."""
+    def _settle(self, group: Group, account: bytes, key: OrderKey) -> int | None:
+        """A credit came: its account waits no more. Its announcement's offset if it was announced.
+
+        The announcement still holds the commit of the credits partition until
+        the credit is applied: read again from a commit past it, a receiver
+        would meet the sender's later watermarks before the credit, without
+        the announcement that makes the account wait for it, and apply the
+        account's later events first (seen in the live equivalence test: a
+        transfer applied before a credit of an earlier time).
+        """
         keys = group.pending.get(account)
         if not keys or key not in keys:
-            return False
+            return None
         keys.remove(key)
         if not keys:
             del group.pending[account]
@@ -332,9 +344,8 @@ class LogMerge:
         for i, (k, a, offset) in enumerate(announced):
             if k == key and a == account:
                 del announced[i]
-                group.announcement_offsets.pop(offset, None)
-                break
-        return True
+                return offset
+        return None
 
     def _expire(self, group: Group, sender: int, applied: OrderKey) -> None:
         """The sender applied every transfer below `applied`: announced credits below it will not come."""
@@ -482,6 +493,8 @@ class LogMerge:
                 waiting[account] = deque((held,))
                 continue
             del held.source.held[held.offset]
+            if held.announced_at is not None:  # its announcement no longer holds the commit
+                group.announcement_offsets.pop(held.announced_at, None)
             if key > group.applied:
                 group.applied = key
             out.append(held)

@@ -143,6 +143,23 @@ def test_an_announced_credit_holds_back_its_account_only_and_takes_its_transfers
     assert m.commit_point(CREDITS, 1) == 4 and m.commit_point("p.consumed", 1) == 2
 
 
+def test_an_announcement_holds_the_commit_until_its_credit_is_applied_not_only_read() -> None:
+    """Read again from a commit past the announcement, the sender's later watermarks would come before
+    the credit, with nothing to say that bob waits for it: his later events would go first."""
+    m = merge(partitions=2)
+    place = OrderKey(20, 3, 0, 4).text().encode()
+    add(m, Msg(CREDITS, 1, 0, 0, [(ANNOUNCE_HEADER, place)], key=b"bob"))
+    add(m, watermark(1, 1, mark(0, OrderKey(90, 3, 0, 9, 1), applied=OrderKey(20, 3, 0, 4, 1))))
+    add(m, watermark(1, 2, mark(1, OrderKey(90, 3, 1, 0, 1))))
+    add(m, Msg(CREDITS, 1, 3, 20, [(ORDER_HEADER, place)], key=b"bob"))  # the credit, read
+    add(m, Msg("p.consumed", 1, 0, 30, [], key=b"bob"))
+    assert released(m) == []  # partition 1's other topics may still bring something before it
+    assert m.commit_point(CREDITS, 1) == 0  # not 3: the announcement is needed again until then
+    m.confirm_ends({(t, p): 0 for t in TOPICS for p in range(2)} | {("p.consumed", 1): 1}, m.seq, m.latest)
+    assert released(m) == [(CREDITS, 3), ("p.consumed", 0)]
+    assert m.commit_point(CREDITS, 1) == 4
+
+
 def test_an_announced_credit_that_never_comes_expires_with_its_senders_watermark() -> None:
     m = merge(partitions=1)
     m.confirm_ends({(t, 0): 0 for t in TOPICS} | {("p.consumed", 0): 1}, 0, 0)
