@@ -37,7 +37,7 @@ partitions (KIP-353, KIP-695), with what it leaves open closed:
   replay. Watermarks depend on the senders' transferred topics alone, so no
   cycle of partitions can wait on itself (Flink's watermarks, in band).
 - **Nothing is committed past an event not yet applied** (`commit_point`),
-  nor past an announcement whose credit has not come, and each topic
+  nor past an announcement whose credit has not been applied, and each topic
   partition's order time at its commit point goes with the offset
   (`order_metadata`), so another owner, or a restart, gives every record the
   same key.
@@ -585,7 +585,7 @@ class LogMerge:
     def commit_point(self, topic: str, partition: int) -> int | None:
         """The offset to commit for a topic partition: its first held message's, else its next one.
 
-        On the credits partition, announcements whose credits have not come are held too.
+        On the credits partition, announcements whose credits have not been applied are held too.
         """
         group = self.groups.get(partition)
         if group is None:
