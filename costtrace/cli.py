@@ -101,7 +101,7 @@ def _replay_topics(output: str) -> None:
     import msgspec
 
     from workers.app import fleet_catalogue
-    from workers.audit import TruncatedLog, read_inputs, replay_records
+    from workers.audit import TruncatedLog, read_inputs, rejection_in, replay_records
 
     settings = _settings()
     cat = fleet_catalogue(settings)
@@ -116,11 +116,8 @@ def _replay_topics(output: str) -> None:
             if topic == cat.allocations:
                 dst.write(value + b"\n")
                 counts["records"] = counts.get("records", 0) + 1
-            elif topic == cat.dead_letters:
-                letter = msgspec.json.decode(value)
-                if letter["reason"] == "late_event":
-                    continue
-                rejection = {k: letter[k] for k in ("event_id", "kind", "account_id", "reason")}
+            elif topic == cat.dead_letters and (letter := rejection_in(value)) is not None:
+                rejection = {k: getattr(letter, k) for k in ("event_id", "kind", "account_id", "reason")}
                 dst.write(msgspec.json.encode(rejection) + b"\n")
                 counts["rejections"] = counts.get("rejections", 0) + 1
         dst.flush()
@@ -718,10 +715,15 @@ def switch() -> None:
     """The fleet-wide tracing switch in Redis, which running allocators follow without restart."""
 
 
-def _switch_client() -> Any:
+def _switch_store() -> tuple[Any, str]:
+    """Where the fleet's switch is: a Redis client, and the key under the fleet's topic prefix."""
     import redis
 
-    return redis.Redis.from_url(_settings().redis_url.get_secret_value(), socket_timeout=5)
+    from workers.switch import switch_key
+
+    settings = _settings()
+    client = redis.Redis.from_url(settings.redis_url.get_secret_value(), socket_timeout=5)
+    return client, switch_key(settings.topic_prefix)
 
 
 @contextlib.contextmanager
@@ -742,15 +744,15 @@ def _redis_or_say(what: str) -> Iterator[None]:
 )
 def switch_on(node: str | None, no_node: bool) -> None:
     """Trace every event after the historical node: the one given, or the one set now (kept as it is)."""
-    from workers.switch import Switch, decode_switch, encode_switch, switch_key
+    from workers.switch import Switch, decode_switch, encode_switch
 
     if node is not None and no_node:
         raise click.UsageError("give --node T or --no-node, not both")
-    key = switch_key(_settings().topic_prefix)
+    client, key = _switch_store()
     kept = ""
     if node is None and not no_node:  # keep the node set now, and say so
         with _redis_or_say("the switch could not be read, and was not changed"):
-            raw = _switch_client().get(key)
+            raw = client.get(key)
         node = None if raw is None else decode_switch(raw).node
         kept = " (kept; --node T sets another, --no-node drops it)" if node else " (none was set)"
     try:
@@ -758,30 +760,31 @@ def switch_on(node: str | None, no_node: bool) -> None:
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--node") from exc
     with _redis_or_say("the switch was not changed; allocators keep the last switch they read"):
-        _switch_client().set(key, encode_switch(sw))
+        client.set(key, encode_switch(sw))
     click.echo(f"tracing {sw.describe()}{kept}")
 
 
 @switch.command("off")
 def switch_off() -> None:
     """Skip every event but `opened` (opening balances), until switched on; the node is kept for `on`."""
-    from workers.switch import Switch, decode_switch, encode_switch, switch_key
+    from workers.switch import Switch, decode_switch, encode_switch
 
-    key = switch_key(_settings().topic_prefix)
+    client, key = _switch_store()
     with _redis_or_say("the switch was not changed; allocators keep the last switch they read"):
-        raw = _switch_client().get(key)
+        raw = client.get(key)
         sw = Switch.of(False, None if raw is None else decode_switch(raw).node)
-        _switch_client().set(key, encode_switch(sw))
+        client.set(key, encode_switch(sw))
     click.echo(f"tracing {sw.describe()}")
 
 
 @switch.command("status")
 def switch_status() -> None:
     """What the switch says now (allocators pick it up within COSTTRACE_SWITCH_POLL seconds)."""
-    from workers.switch import Switch, decode_switch, switch_key
+    from workers.switch import Switch, decode_switch
 
+    client, key = _switch_store()
     with _redis_or_say("the switch could not be read; allocators keep the last switch they read"):
-        raw = _switch_client().get(switch_key(_settings().topic_prefix))
+        raw = client.get(key)
     sw = Switch() if raw is None else decode_switch(raw)
     click.echo(f"tracing {sw.describe()}" + (" (not set)" if raw is None else ""))
 

@@ -137,16 +137,20 @@ def replay_records(
                     yield out.topic, out.value
 
 
+def rejection_in(value: bytes) -> DeadLetter | None:
+    """A dead letter replay wrote, as the rejection it stands for; None for a late event's (not one)."""
+    letter = _letter.decode(value)
+    return None if letter.reason == LATE_EVENT else letter
+
+
 def replay_topics(cat: Catalogue, partitions: int, records: list[InputRecord]) -> Replayed:
     result = Replayed(events=len(records))
     for topic, value in replay_records(cat, partitions, records):
         if topic == cat.allocations:
             r = _record.decode(value)
             result.records[r["account_id"]].append(r)
-        elif topic == cat.dead_letters:
-            letter = _letter.decode(value)
-            if letter.reason != LATE_EVENT:
-                result.rejections[(letter.event_id, letter.account_id, letter.reason)] += 1
+        elif topic == cat.dead_letters and (letter := rejection_in(value)) is not None:
+            result.rejections[(letter.event_id, letter.account_id, letter.reason)] += 1
     return result
 
 

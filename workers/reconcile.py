@@ -20,6 +20,7 @@ import os
 import re
 import socket
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -112,9 +113,10 @@ class RunResult:
         if not self.ledger_accounts:
             outcome += " (no ledger loaded: no balance was compared; `costtrace ledger load FILE`)"
         lines = [f"run {self.run_id}: {outcome}"]
+        details = self._up_to(limit)
         for kind, n in sorted(self.findings.items()):
             lines.append(f"  {kind}: {n}")
-            shown = [(a, d) for k, a, d in self.details if k == kind][:limit]
+            shown = [(a, d) for k, a, d in details if k == kind]
             for account, detail in shown:
                 lines.append(f"    {account or '-'}: {_said(kind, detail)}")
             if n > len(shown):
@@ -132,18 +134,23 @@ class RunResult:
 
     def as_json(self, limit: int | None = None) -> dict[str, Any]:
         """The run for tools: counts whole, findings up to `limit` per kind (all with None)."""
-        shown: dict[str, int] = {}
-        details = []
-        for kind, account, detail in self.details:
-            if limit is None or shown.get(kind, 0) < limit:
-                shown[kind] = shown.get(kind, 0) + 1
-                details.append({"kind": kind, "account_id": account, **detail})
+        details = [{"kind": k, "account_id": a, **d} for k, a, d in self._up_to(limit)]
         return {
             "run_id": self.run_id, "status": self.status, "why": self.why or None,
             "ledger_compared": self.ledger_accounts > 0, "ledger_accounts": self.ledger_accounts,
             "findings": dict(sorted(self.findings.items())), "details": details,
             "re_driven": self.actions.get("replayed_parked_letters", {}),
         }  # fmt: skip
+
+    def _up_to(self, limit: int | None) -> list[tuple[str, str | None, dict[str, Any]]]:
+        """The findings, the first `limit` of each kind (all with None), in the order found."""
+        seen: Counter[str] = Counter()
+        out = []
+        for kind, account, detail in self.details:
+            seen[kind] += 1
+            if limit is None or seen[kind] <= limit:
+                out.append((kind, account, detail))
+        return out
 
 
 def _said(kind: str, detail: dict[str, Any]) -> str:
