@@ -40,7 +40,7 @@ from costtrace.model.state import Settled
 from costtrace.order import RANK, OrderKey
 from topics.catalogue import Catalogue, catalogue
 from workers.allocator import Allocator, Message, StopOnSendError
-from workers.merge import ANNOUNCE_HEADER, WATERMARK_HEADER, LogMerge, watermark_message
+from workers.merge import ANNOUNCE_HEADER, WATERMARK_HEADER, LogMerge, announcement_message, watermark_message
 from workers.metrics import Health, Metrics, lag_of, serve
 from workers.outbox import Outbox, fits_one_batch
 from workers.settings import Settings
@@ -627,6 +627,7 @@ MAX_WAITING = 20_000
 # watermark messages on the credits topic (workers/merge.py)
 WATERMARK_KEY = b""
 WATERMARK_HEADERS = [(WATERMARK_HEADER, b"1")]
+ANNOUNCEMENT_HEADERS = [(ANNOUNCE_HEADER, b"1")]
 
 
 class AllocatorStep:
@@ -814,11 +815,25 @@ def allocator_app(settings: Settings) -> faust.App:
 
     step: AllocatorStep | None = None
 
+    def announce() -> None:
+        """The credits to come of the transfers read so far, one message per receiving partition."""
+        assert outbox is not None
+        to: dict[int, list[tuple[bytes, OrderKey]]] = {}
+        for receiver, account, key in merge.announcements:
+            to.setdefault(receiver, []).append((account, key))
+        for receiver, credits in to.items():
+            value = announcement_message(credits)
+            outbox.add(cat.credits, WATERMARK_KEY, value, ANNOUNCEMENT_HEADERS, receiver)
+        merge.announcements.clear()
+
     def apply_released(partition: int | None = None) -> None:
         """Apply what the hold lets go (one partition's, or all), in the log order."""
         if step is None:
             return
-        for held_message in merge.release(time.monotonic(), partition):
+        released = merge.release(time.monotonic(), partition)
+        if released and merge.announcements:  # a transfer's credit goes after its announcement
+            announce()
+        for held_message in released:
             step(held_message.message, held_message.key, held_message.late)
 
     @app.task  # type: ignore[untyped-decorator]
@@ -874,6 +889,8 @@ def allocator_app(settings: Settings) -> faust.App:
             now = time.monotonic()
             if now - watermarks_at >= settings.watermark_interval:
                 watermarks_at = now
+                if merge.announcements:  # ahead of any watermark past them (workers/merge.py)
+                    announce()
                 moved = merge.changed_watermarks()
                 if moved:
                     value = watermark_message(moved)
@@ -935,12 +952,6 @@ def allocator_app(settings: Settings) -> faust.App:
                 merge.add(
                     m.topic, m.partition, m.offset, int(m.timestamp * 1000), m.headers, m, time.monotonic()
                 )
-                if merge.announcements:  # ahead of any watermark past them (workers/merge.py)
-                    for receiver, account, key in merge.announcements:
-                        outbox.add(
-                            cat.credits, account, b"", [(ANNOUNCE_HEADER, key.text().encode())], receiver
-                        )
-                    merge.announcements.clear()
                 apply_released(m.partition)
                 if outbox.waiting > MAX_WAITING:
                     await outbox.hand_over()

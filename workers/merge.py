@@ -67,7 +67,9 @@ from costtrace.order import CREDIT_RANK, FIRST, LAST, OrderKey, after_time
 log = logging.getLogger(__name__)
 
 ORDER_HEADER: Final = "costtrace-order"  # a credit's place: its transfer's (workers/allocator.py)
-ANNOUNCE_HEADER: Final = "costtrace-announce"  # a credit to come, at this place, to the message key's account
+# credits to come: the value lists them (`announcement_message`); one message with no value is one
+# credit, at the header's place, to the message key's account
+ANNOUNCE_HEADER: Final = "costtrace-announce"
 WATERMARK_HEADER: Final = "costtrace-watermark"  # a watermark message on the credits topic
 METADATA_PREFIX: Final = "costtrace-order-time:"
 RESYNCS_BEFORE_A_GAP: Final = 3
@@ -85,7 +87,14 @@ class Watermark(NamedTuple):
 
 # per sender: its partition, the two keys, its transferred partition's next offset (-1: unknown)
 _watermarks = msgspec.msgpack.Decoder(list[tuple[int, int, int, int, int, int, int, int, int, int, int, int]])
+# per credit to come: its receiving account, then its key
+_announcements = msgspec.msgpack.Decoder(list[tuple[bytes, int, int, int, int, int]])
 _encode = msgspec.msgpack.Encoder().encode
+
+
+def announcement_message(credits: Iterable[tuple[bytes, OrderKey]]) -> bytes:
+    """An announcement message's value: credits to come to one partition, (receiving account, key) each."""
+    return _encode([(account, *key) for account, key in credits])
 
 
 def watermark_message(marks: Mapping[int, Watermark]) -> bytes:
@@ -170,11 +179,15 @@ class Group:
     waiting: dict[bytes | None, deque[Held]] = field(default_factory=dict)
     pending: dict[bytes, list[OrderKey]] = field(default_factory=dict)  # account -> announced keys not come
     announced: dict[int, list[tuple[OrderKey, bytes, int]]] = field(default_factory=dict)  # sender -> ...
-    announcement_offsets: dict[int, None] = field(default_factory=dict)  # on the credits partition, in order
+    # on the credits partition, in order: how many of the credits each message announced have not come
+    announcement_offsets: dict[int, int] = field(default_factory=dict)
     credits_next: int | None = None  # the credits partition's next offset
     credits_arrived: float = 0.0
     credits_end: int | None = None
     applied: OrderKey = FIRST  # the largest key released
+    # the least bound of its sources as last worked out, and the source it came from; None: to work out again
+    least: OrderKey | None = None
+    least_source: Source | None = None
 
 
 class LogMerge:
@@ -279,6 +292,14 @@ class LogMerge:
             False,
             None,
         )
+        least = group.least
+        if least is not None:  # only this source's bound moved: the least one stays, unless it was this one's
+            if source is group.least_source:
+                group.least = None
+            else:
+                bound = source.bound()
+                if bound < least:
+                    group.least, group.least_source = bound, source
         key = OrderKey(time_ms, source.rank, partition, offset)
         if topic == self.transferred:
             to = self.destination(message)
@@ -304,8 +325,12 @@ class LogMerge:
             held = Held(key, self.seq, message, None, offset, account, group.credits[key.partition])
             held.announced_at = announced_at
             self._hold(group, held.source, held, late=announced_at is None)
-        elif announce is not None and account is not None:
-            self._announce(group, OrderKey.credit_of(announce), account, offset)
+        elif announce is not None:
+            if message.value:
+                for to, *place in _announcements.decode(message.value):
+                    self._announce(group, OrderKey(*place), to, offset)
+            elif account is not None:
+                self._announce(group, OrderKey.credit_of(announce), account, offset)
         elif watermark is not None:
             for sender, *keys, next_offset in _watermarks.decode(message.value):
                 source = group.credits.get(sender)
@@ -314,6 +339,7 @@ class LogMerge:
                 source.unread, source.applied = OrderKey(*keys[:5]), OrderKey(*keys[5:])
                 source.next_offset = None if next_offset < 0 else next_offset
                 self._expire(group, sender, source.applied)
+            group.least = None
         # anything else: no allocator writes it; nothing to apply
 
     def _announce(self, group: Group, key: OrderKey, account: bytes, offset: int) -> None:
@@ -322,7 +348,16 @@ class LogMerge:
             return  # read twice (a sender read again), or already refused
         bisect.insort(keys, key)
         bisect.insort(group.announced.setdefault(key.partition, []), (key, account, offset))
-        group.announcement_offsets[offset] = None
+        group.announcement_offsets[offset] = group.announcement_offsets.get(offset, 0) + 1
+
+    @staticmethod
+    def _announced(group: Group, offset: int) -> None:
+        """One credit announced at `offset` came and was applied, or will never come."""
+        left = group.announcement_offsets.get(offset, 0) - 1
+        if left > 0:
+            group.announcement_offsets[offset] = left
+        else:
+            group.announcement_offsets.pop(offset, None)
 
     def _settle(self, group: Group, account: bytes, key: OrderKey) -> int | None:
         """A credit came: its account waits no more. Its announcement's offset if it was announced.
@@ -352,7 +387,7 @@ class LogMerge:
         announced = group.announced.get(sender)
         while announced and announced[0][0] < applied:
             key, account, offset = announced.pop(0)
-            group.announcement_offsets.pop(offset, None)
+            self._announced(group, offset)
             keys = group.pending.get(account)
             if keys is not None and key in keys:
                 keys.remove(key)
@@ -437,6 +472,7 @@ class LogMerge:
             log.warning("%s:%s starts at %s, past %s: what retention deleted is gone", topic, partition,
                         start, source.next_offset)  # fmt: skip
             source.next_offset = start
+            group.least = None
 
     def confirm_ends(self, ends: Mapping[TP, int], asked_seq: int, asked_latest: int) -> None:
         """The broker's end offsets, asked once `asked_seq` messages had arrived, the latest read at
@@ -455,6 +491,7 @@ class LogMerge:
             for source in sources:
                 if asked_seq > source.end_seq:
                     source.end, source.end_seq, source.end_time = end, asked_seq, asked_latest
+        self._bounds_moved()
 
     def set_starts(self, starts: Mapping[TP, int]) -> None:
         """The first offset of topic partitions never committed, read from their start."""
@@ -463,22 +500,40 @@ class LogMerge:
             source = group.topics.get(topic) if group is not None else None
             if source is not None and source.next_offset is None:
                 source.next_offset = start
+        self._bounds_moved()
 
     # -- output -------------------------------------------------------------------------
 
     def release(self, now: float, partition: int | None = None) -> list[Held]:
-        """Every held message whose turn has come, each account's in the log order (one partition, or all)."""
+        """Every held message whose turn has come, each account's in the log order (one partition, or all).
+
+        One partition's, as after each message read, goes by the least bound
+        worked out before when nothing has moved it; all of them, as the
+        allocator asks on a timer, work out every bound again and so start
+        the `max_idle` waits (`_least_bound`).
+        """
         out: list[Held] = []
-        groups = self.groups.values() if partition is None else (self.groups[partition],)
-        for group in groups:
+        if partition is None:
+            for group in self.groups.values():
+                if group.heap:
+                    self._release_group(group, self._least_bound(group, group.heap[0][0], now), out)
+        else:
+            group = self.groups[partition]
             if group.heap:
-                self._release_group(group, now, out)
+                least = group.least
+                if least is None:
+                    least = self._least_bound(group, group.heap[0][0], now)
+                if group.heap[0][0] < least:
+                    self._release_group(group, least, out)
         self.held -= len(out)
         return out
 
-    def _release_group(self, group: Group, now: float, out: list[Held]) -> None:
+    def _bounds_moved(self) -> None:
+        for group in self.groups.values():
+            group.least = None
+
+    def _release_group(self, group: Group, wait: OrderKey, out: list[Held]) -> None:
         heap, waiting, pending = group.heap, group.waiting, group.pending
-        wait = self._least_bound(group, heap[0][0], now)
         while heap:
             key, _, held = heap[0]
             if key >= wait:
@@ -494,7 +549,7 @@ class LogMerge:
                 continue
             del held.source.held[held.offset]
             if held.announced_at is not None:  # its announcement no longer holds the commit
-                group.announcement_offsets.pop(held.announced_at, None)
+                self._announced(group, held.announced_at)
             if key > group.applied:
                 group.applied = key
             out.append(held)
@@ -506,7 +561,7 @@ class LogMerge:
         due is let go (as Kafka Streams' max.task.idle.ms does): what it brings
         later is late.
         """
-        least = LAST
+        least, least_source = LAST, None
         for source in group.topics.values():
             if source.forced:
                 continue
@@ -520,11 +575,12 @@ class LogMerge:
                 self.forced += 1
                 continue
             if bound < least:
-                least = bound
+                least, least_source = bound, source
         for source in group.credits.values():
             bound = source.bound()
             if bound < least:
-                least = bound
+                least, least_source = bound, source
+        group.least, group.least_source = least, least_source
         return least
 
     # -- what the allocator asks --------------------------------------------------------------

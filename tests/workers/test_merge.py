@@ -22,6 +22,7 @@ from workers.merge import (
     WATERMARK_HEADER,
     LogMerge,
     Watermark,
+    announcement_message,
     watermark_message,
 )
 
@@ -125,6 +126,25 @@ def test_a_partition_with_data_due_is_let_go_after_max_idle_and_what_it_brings_i
     assert late.late and late.key == OrderKey(5, 1, 0, 0)
 
 
+def test_a_partition_let_go_holds_back_again_once_it_brings_a_record() -> None:
+    """After each message the hold goes by the bounds it worked out before (what the message moved
+    aside): a partition let go by `max_idle` counts again from its next record."""
+    m = merge(max_idle=2.0)
+    add(m, watermark(0, 0, mark(0, OrderKey(99, 3, 0, 0, 1))))
+    add(m, Msg("p.consumed", 0, 0, 10, []))
+    ends = {(t, 0): 0 for t in TOPICS} | {("p.consumed", 0): 1, ("p.issued", 0): 2}
+    m.confirm_ends(ends, m.seq, 50)  # the others are at their end: they hold back nothing up to 50
+    assert released(m, now=0.0) == [] and released(m, now=2.0) == [("p.consumed", 0)]  # issued let go
+    add(m, Msg("p.issued", 0, 0, 5, []))
+    add(m, Msg("p.consumed", 0, 1, 30, []))
+    # issued's next record may be stamped before 30: the consumption waits for it, as after a tick
+    assert [(h.message.topic, h.message.offset, h.late) for h in m.release(2.1, 0)] == [("p.issued", 0, True)]
+    assert released(m, now=2.2) == []
+    add(m, Msg("p.issued", 0, 1, 20, []))
+    after = [(h.message.topic, h.message.offset) for h in m.release(2.3, 0)]
+    assert after == [("p.issued", 1), ("p.consumed", 1)]
+
+
 def test_an_announced_credit_holds_back_its_account_only_and_takes_its_transfers_place() -> None:
     m = merge(partitions=2)
     ends = {(t, p): 0 for t in TOPICS for p in range(2)} | {("p.consumed", 1): 2}
@@ -158,6 +178,35 @@ def test_an_announcement_holds_the_commit_until_its_credit_is_applied_not_only_r
     m.confirm_ends({(t, p): 0 for t in TOPICS for p in range(2)} | {("p.consumed", 1): 1}, m.seq, m.latest)
     assert released(m) == [(CREDITS, 3), ("p.consumed", 0)]
     assert m.commit_point(CREDITS, 1) == 4
+
+
+def test_one_message_announces_many_credits_and_holds_the_commit_until_each_has_come() -> None:
+    m = merge(partitions=1)
+    ends = {(t, 0): 0 for t in TOPICS} | {("p.consumed", 0): 2}
+    to_bob, to_cy = OrderKey(20, 3, 0, 4, 1), OrderKey(24, 3, 0, 6, 1)
+    add(
+        m,
+        Msg(
+            CREDITS,
+            0,
+            0,
+            0,
+            [(ANNOUNCE_HEADER, b"1")],
+            announcement_message([(b"bob", to_bob), (b"cy", to_cy)]),
+            key=b"",
+        ),
+    )
+    add(m, Msg("p.consumed", 0, 0, 30, [], key=b"bob"))
+    add(m, Msg("p.consumed", 0, 1, 31, [], key=b"cy"))
+    add(m, watermark(0, 1, mark(0, OrderKey(90, 3, 0, 9, 1), applied=OrderKey(20, 3, 0, 4, 1))))
+    m.confirm_ends(ends, m.seq, m.latest)
+    assert released(m) == []  # both wait for their credits
+    add(m, Msg(CREDITS, 0, 2, 20, [(ORDER_HEADER, to_bob.text().encode())], key=b"bob"))
+    assert released(m) == [(CREDITS, 2), ("p.consumed", 0)]
+    assert m.commit_point(CREDITS, 0) == 0  # cy's credit, announced there, has not come
+    add(m, watermark(0, 3, mark(0, OrderKey(90, 3, 0, 9, 1), applied=OrderKey(25, 3, 0, 7, 1))))  # refused
+    assert released(m) == [("p.consumed", 1)]
+    assert m.commit_point(CREDITS, 0) == 4
 
 
 def test_an_announced_credit_that_never_comes_expires_with_its_senders_watermark() -> None:
@@ -293,13 +342,24 @@ def test_any_arrival_interleaving_gives_each_account_the_offline_order(
         queue.append(Msg(CREDITS, to, len(queue), 0, headers, value, key))
 
     def announce(m: LogMerge) -> None:
-        for to, account, key in m.announcements:
-            send(to, [(ANNOUNCE_HEADER, key.text().encode())], key=account)
+        """As the allocator sends them: a message per receiving partition, or one per credit (as before)."""
+        if rnd.random() < 0.5:
+            for to, account, key in m.announcements:
+                send(to, [(ANNOUNCE_HEADER, key.text().encode())], key=account)
+        else:
+            for to in {to for to, _, _ in m.announcements}:
+                credits = [(account, key) for p, account, key in m.announcements if p == to]
+                send(to, [(ANNOUNCE_HEADER, b"1")], announcement_message(credits), key=b"")
         m.announcements.clear()
 
-    def apply(w: int) -> None:
+    def apply(w: int, partition: int | None = None) -> None:
+        """What the allocator does: after a message, its partition's turn (by the bounds worked out
+        before, where nothing moved them); on a tick, every partition's."""
         m = merges[w]
-        for h in m.release(0.0):
+        released = m.release(0.0, partition)
+        if released and m.announcements:  # before any credit of a transfer read so far (workers/app.py)
+            announce(m)
+        for h in released:
             msg: Any = h.message
             assert not h.late
             if msg.topic == CREDITS:
@@ -310,7 +370,9 @@ def test_any_arrival_interleaving_gives_each_account_the_offline_order(
             if msg.topic == "p.transferred" and where not in world.refused:
                 to, account = world.destination[where]
                 send(to, [(ORDER_HEADER, h.key.text().encode())], key=account)
-        moved = m.changed_watermarks()
+        if partition is None and m.announcements:
+            announce(m)
+        moved = m.changed_watermarks() if partition is None else None
         if moved:
             for to in world.credits:
                 send(to, [(WATERMARK_HEADER, b"1")], watermark_message(moved))
@@ -325,13 +387,12 @@ def test_any_arrival_interleaving_gives_each_account_the_offline_order(
             msg = world.inputs[what][world.read.get(what, 0)]
             world.read[what] = world.read.get(what, 0) + 1
             add(merges[owners[msg.partition]], msg)
-            announce(merges[owners[msg.partition]])
-            apply(owners[msg.partition])
+            apply(owners[msg.partition], msg.partition)
         elif kind == "credit":
             msg = world.credits[what][credits_read[what]]
             credits_read[what] += 1
             add(merges[owners[what]], msg)
-            apply(owners[what])
+            apply(owners[what], what)
         else:
             m = merges[what]
             wanted = m.wanted_ends()
