@@ -676,12 +676,27 @@ class AllocatorStep:
             outbox.add(out.topic, out.key, out.value, out.headers)
 
 
-RAW: dict[str, Any] = {
-    "key_type": bytes,
-    "value_type": bytes,
-    "key_serializer": "raw",
-    "value_serializer": "raw",
-}
+class RawBytes(faust.Schema[bytes, bytes]):
+    """Keys and values as Kafka has them, without a codec per message.
+
+    faust's `raw` serializer still looks its codec up in the app's registry
+    for the key and again for the value of every message (about a twentieth
+    of an agent's time); a schema's `compile` is faust's own place to decode.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+
+    def compile(self, app: Any, *, default_propagate: bool = False, **handlers: Any) -> Any:
+        create_event = app.create_event
+
+        async def decode(message: Any, *, propagate: bool = default_propagate) -> Any:
+            return create_event(message.key, message.value, message.headers, message)
+
+        return decode
+
+
+RAW: dict[str, Any] = {"schema": RawBytes()}
 
 
 def allocator_app(settings: Settings) -> faust.App:
@@ -790,6 +805,7 @@ def allocator_app(settings: Settings) -> faust.App:
                 kept[partition] = offset
 
     async def _assigned(sender: Any, *args: Any, **kwargs: Any) -> None:
+        local.forget()  # recovery writes the partitions it restores behind the table's back
         store.forget_repairs()
         held.forget()
 
@@ -801,6 +817,7 @@ def allocator_app(settings: Settings) -> faust.App:
         # faust drops a revoked partition's DB without closing it; a handle kept here
         # would hold its lock when the partition comes back and faust opens it again
         local.db = None
+        local.forget()
         for tp in revoked:  # co-partitioned: an input partition goes with its state's
             persisted.pop(tp.partition, None)
             kept.pop(tp.partition, None)

@@ -17,7 +17,7 @@ from rocksdict import Options, Rdict
 from costtrace.model.allocation import Status, apply_event
 from costtrace.model.state import MemoryStore, Position
 from tests.model.test_properties import logs
-from workers.state import TableStore, account_of_key
+from workers.state import PartitionTable, TableStore, account_of_key
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -181,4 +181,30 @@ def test_a_db_without_its_write_ahead_log_keeps_a_prefix_of_its_writes(
         assert present == list(range(kept))
         assert db.get(b"h") == db.get(b"__faust\0offset__") == b"%d" % (kept - 1)
     finally:
+        db.close()
+
+
+def test_the_partition_table_reads_what_it_wrote_from_memory_and_forgets_after_a_rebalance(
+    tmp_path: Path,
+) -> None:
+    dbs = {p: Rdict(str(tmp_path / f"p{p}"), Options(raw_mode=True)) for p in (0, 1)}
+    table = PartitionTable(dbs.__getitem__, kept=3)
+    table.use(0)
+    table.put_all([(b"a", b"1"), (b"b", b"2")])
+    assert dbs[0][b"a"] == b"1" and table.pending == [[(b"a", b"1"), (b"b", b"2")]]  # and in RocksDB
+    assert table.get(b"zz") is None and table.get(b"zz", b"-") == b"-"
+    dbs[0][b"a"] = b"restored"  # recovery, behind the table's back
+    dbs[0][b"zz"] = b"restored"
+    assert table.get(b"a") == b"1" and table.get(b"zz") is None  # kept from before
+    table.use(1)
+    assert table.get(b"a") is None  # each partition its own
+    table.use(0)
+    assert table.get(b"a") == b"1"
+    table.forget()  # what a rebalance does
+    table.use(0)
+    assert table.get(b"a") == b"restored" and table.get(b"zz") == b"restored"
+    table.put_all([(b"c", b"3"), (b"d", b"4")])  # past `kept`: what was kept is forgotten, not wrong
+    dbs[0][b"c"] = b"behind"
+    assert table.get(b"c") == b"3" and table.get(b"b") == b"2"
+    for db in dbs.values():
         db.close()
