@@ -52,7 +52,15 @@ def _open_out(stack: ExitStack, path: str) -> BinaryIO:
     help="Replay the fleet's retained input topics (COSTTRACE_* settings) in the fleet's log order "
     "instead of a file: the records the fleet must have written.",
 )
-def replay(events: str | None, output: str, progress: bool | None, from_topics: bool) -> None:
+@click.option(
+    "--node",
+    metavar="T",
+    help="With --from-topics: the fleet's historical node (`switch on --node T`): events at or before "
+    "T are skipped, as the fleet skips them.",
+)
+def replay(
+    events: str | None, output: str, progress: bool | None, from_topics: bool, node: str | None
+) -> None:
     """Apply an event log (JSON lines) in order and write every allocation record.
 
     Use '-' for standard input or output. A summary goes to standard error.
@@ -62,8 +70,10 @@ def replay(events: str | None, output: str, progress: bool | None, from_topics: 
     if from_topics:
         if events is not None:
             raise click.UsageError("give EVENTS or --from-topics, not both")
-        _replay_topics(output)
+        _replay_topics(output, _node(node))
         return
+    if node is not None:
+        raise click.UsageError("--node goes with --from-topics")
     if events is None:
         raise click.UsageError("missing EVENTS (a file, or '-' for standard input), or --from-topics")
     from costtrace.model.state import MemoryStore
@@ -95,7 +105,19 @@ def replay(events: str | None, output: str, progress: bool | None, from_topics: 
     _exit_without_freeing()
 
 
-def _replay_topics(output: str) -> None:
+def _node(node: str | None) -> str | None:
+    """A node as the switch keeps it (any RFC 3339 spelling of the instant), or a usage error."""
+    if node is None:
+        return None
+    from workers.migrate import canonical_instant
+
+    try:
+        return canonical_instant(node)
+    except ValueError as exc:
+        raise click.BadParameter(f"not an RFC 3339 instant: {node!r}", param_hint="--node") from exc
+
+
+def _replay_topics(output: str, node: str | None) -> None:
     import asyncio
 
     import msgspec
@@ -112,7 +134,7 @@ def _replay_topics(output: str) -> None:
     counts: dict[str, int] = {}
     with ExitStack() as stack:
         dst = _open_out(stack, output)
-        for topic, value in replay_records(cat, settings.partitions, records):
+        for topic, value in replay_records(cat, settings.partitions, records, node):
             if topic == cat.allocations:
                 dst.write(value + b"\n")
                 counts["records"] = counts.get("records", 0) + 1
@@ -129,12 +151,19 @@ def _replay_topics(output: str) -> None:
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="every finding as JSON, for tools")
 @click.option("--limit", default=10, show_default=True, help="accounts shown in the summary")
-def audit(as_json: bool, limit: int) -> None:
+@click.option(
+    "--node",
+    metavar="T",
+    help="The fleet's historical node (`switch on --node T`): events at or before T are skipped, as "
+    "the fleet skips them.",
+)
+def audit(as_json: bool, limit: int, node: str | None) -> None:
     """Compare PostgreSQL with replay of the topics, account by account; exit 1 on any difference.
 
     Replays the fleet's retained input topics in its log order and checks
     that PostgreSQL holds exactly those records (hot and archived) and
     rejections. Needs input topics still whole (retention has deleted none).
+    A fleet switched on at a historical node is audited with --node T.
     """
     import asyncio
     import dataclasses
@@ -149,7 +178,7 @@ def audit(as_json: bool, limit: int) -> None:
         result = asyncio.run(
             run_audit(
                 settings.kafka_bootstrap, settings.postgres_dsn.get_secret_value(), fleet_catalogue(settings),
-                settings.partitions,
+                settings.partitions, _node(node),
             )
         )  # fmt: skip
     except TruncatedLog as exc:

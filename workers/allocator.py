@@ -189,8 +189,9 @@ class Allocator:
                 event_id = ev.event_id
                 if not isinstance(ev, Invalid):
                     event_type, occurred_ms = _TYPE_NAMES[type(ev)], ev.occurred_ns // 1_000_000
-                    if self.skips(event_type, ev.occurred_ns):
-                        # before the historical node, or tracing off: the opening balances hold it
+                    if msg.attempt <= 1 and self.skips(event_type, ev.occurred_ns):
+                        # before the historical node: the opening balances hold it (a retry of an
+                        # event the fleet took in before is never skipped)
                         skipped = Outcome(Status.SKIPPED, ev.account_id, [], [])
                         return Handled(skipped, [], event_type, occurred_ms)
                 outcome = self._apply(msg, ev, position, settled)

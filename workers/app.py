@@ -744,6 +744,7 @@ def allocator_app(settings: Settings) -> faust.App:
     )
 
     def show_switch() -> None:
+        merge.only_openings = not switch.current.on  # off: the hold keeps all but opening balances
         metrics.tracing_on.set(1 if switch.current.on else 0)
         metrics.tracing_node.set((switch.current.node_ns or 0) / 1e9)
 

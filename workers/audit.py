@@ -33,6 +33,7 @@ from topics.catalogue import Catalogue
 from workers.allocator import LATE_EVENT, Allocator, Message
 from workers.codecs import require_codecs
 from workers.letters import DeadLetter
+from workers.switch import Switch
 
 log = logging.getLogger(__name__)
 
@@ -108,12 +109,15 @@ class Replayed:
 
 
 def replay_records(
-    cat: Catalogue, partitions: int, records: list[InputRecord]
+    cat: Catalogue, partitions: int, records: list[InputRecord], node: str | None = None
 ) -> Iterator[tuple[str, bytes]]:
-    """Apply `records` in the log order; yields (topic, value) of every output, credits applied inline."""
+    """Apply `records` in the log order; yields (topic, value) of every output, credits applied inline.
+
+    `node`: the fleet's historical node (workers/switch.py): events at or before it are skipped.
+    """
     allocator = Allocator(
         MemoryStore(), cat.credits, cat.allocations, cat.dead_letters, archive_topic=cat.archive,
-        partitions=partitions, clock_ms=lambda: 0,
+        partitions=partitions, clock_ms=lambda: 0, skips=Switch.of(True, node).skips,
     )  # fmt: skip
     topic_of = {
         kind: cat.input_for(kind) for kind in ("issued", "opened", "consumed", "refunded", "transferred")
@@ -143,9 +147,11 @@ def rejection_in(value: bytes) -> DeadLetter | None:
     return None if letter.reason == LATE_EVENT else letter
 
 
-def replay_topics(cat: Catalogue, partitions: int, records: list[InputRecord]) -> Replayed:
+def replay_topics(
+    cat: Catalogue, partitions: int, records: list[InputRecord], node: str | None = None
+) -> Replayed:
     result = Replayed(events=len(records))
-    for topic, value in replay_records(cat, partitions, records):
+    for topic, value in replay_records(cat, partitions, records, node):
         if topic == cat.allocations:
             r = _record.decode(value)
             result.records[r["account_id"]].append(r)
@@ -249,8 +255,10 @@ def compare(
     return AuditResult(replayed.events, len(accounts), total, findings)
 
 
-async def audit(bootstrap: str, dsn: str, cat: Catalogue, partitions: int) -> AuditResult:
+async def audit(
+    bootstrap: str, dsn: str, cat: Catalogue, partitions: int, node: str | None = None
+) -> AuditResult:
     records = await read_inputs(bootstrap, cat, partitions)
-    replayed = await asyncio.to_thread(replay_topics, cat, partitions, records)
+    replayed = await asyncio.to_thread(replay_topics, cat, partitions, records, node)
     got, rejections = await stored(dsn)
     return compare(replayed, got, rejections)

@@ -44,6 +44,14 @@ partitions (KIP-353, KIP-695), with what it leaves open closed:
 - **Late events**: a record read when events after it in the log order have
   already been applied is marked late, for the allocator to apply at once,
   count and report.
+- **Tracing off** (`only_openings`, the fleet's switch): every event but an
+  opening balance stays held, its offset uncommitted, until tracing is on
+  again, and then goes in the log order. An opening goes when its turn would
+  come if its account's held events were not there: below every source's
+  bound, with nothing of its account held or announced before it. So each
+  account's events are still applied in the log order, and the openings at
+  the node T, once applied, hold everything up to T: the account's events at
+  or before T are skipped once tracing is on with node T (workers/switch.py).
 
 It is pure (no Kafka, no faust): the allocator feeds it messages, broker end
 offsets and the time, sends what it announces, and applies what it releases
@@ -62,7 +70,7 @@ from typing import Any, Final, NamedTuple
 
 import msgspec
 
-from costtrace.order import CREDIT_RANK, FIRST, LAST, OrderKey, after_time
+from costtrace.order import CREDIT_RANK, FIRST, LAST, RANK, OrderKey, after_time
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +81,7 @@ ANNOUNCE_HEADER: Final = "costtrace-announce"
 WATERMARK_HEADER: Final = "costtrace-watermark"  # a watermark message on the credits topic
 METADATA_PREFIX: Final = "costtrace-order-time:"
 RESYNCS_BEFORE_A_GAP: Final = 3
+OPENED_RANK: Final = RANK["opened"]
 
 TP = tuple[str, int]
 
@@ -122,6 +131,7 @@ class Held:
     # a credit that was announced: its announcement's offset on the credits partition, which holds the
     # commit there until the credit is applied (see `_settle`)
     announced_at: int | None = None
+    gone: bool = False  # released ahead of the order (an opening while tracing is off)
 
 
 @dataclass(slots=True)
@@ -188,6 +198,8 @@ class Group:
     # the least bound of its sources as last worked out, and the source it came from; None: to work out again
     least: OrderKey | None = None
     least_source: Source | None = None
+    # tracing off: each account's first held event (openings aside), which its openings wait for
+    first_held: dict[bytes | None, OrderKey] = field(default_factory=dict)
 
 
 class LogMerge:
@@ -215,6 +227,8 @@ class LogMerge:
         self.hold_limit = hold_limit
         self.destination = destination
         self.transferred = next(t for t, r in topics.items() if r == CREDIT_RANK)
+        self.opened = next((t for t, r in topics.items() if r == OPENED_RANK), None)
+        self._only_openings = False  # tracing off: everything else is held until it is on again
         self.groups: dict[int, Group] = {}
         self.seq = 0  # messages read so far
         self.latest = FIRST.time_ms  # the latest order time read (any source)
@@ -411,6 +425,8 @@ class LogMerge:
         source.held[held.offset] = held
         heapq.heappush(group.heap, (held.key, held.seq, held))
         self.held += 1
+        if self._only_openings:
+            self._held_first(group, held)
         if held.source.is_credits:
             self._wake(group, held.account)
 
@@ -513,6 +529,11 @@ class LogMerge:
         the `max_idle` waits (`_least_bound`).
         """
         out: list[Held] = []
+        if self.only_openings:
+            for group in self.groups.values() if partition is None else (self.groups[partition],):
+                self._release_openings(group, now, out)
+            self.held -= len(out)
+            return out
         if partition is None:
             for group in self.groups.values():
                 if group.heap:
@@ -528,6 +549,55 @@ class LogMerge:
         self.held -= len(out)
         return out
 
+    @property
+    def only_openings(self) -> bool:
+        return self._only_openings
+
+    @only_openings.setter
+    def only_openings(self, off: bool) -> None:
+        """Tracing off (True) or on: off, the first event each account holds is kept track of."""
+        if off and not self._only_openings:
+            for group in self.groups.values():
+                group.first_held = {}
+                for _key, _, held in group.heap:
+                    self._held_first(group, held)
+                for waiting in group.waiting.values():
+                    for held in waiting:
+                        self._held_first(group, held)
+        self._only_openings = off
+
+    def _held_first(self, group: Group, held: Held) -> None:
+        if held.gone or held.source.rank == OPENED_RANK:
+            return
+        first = group.first_held.get(held.account)
+        if first is None or held.key < first:
+            group.first_held[held.account] = held.key
+
+    def _release_openings(self, group: Group, now: float, out: list[Held]) -> None:
+        """Tracing off: the opening balances whose turn has come, ahead of the events held.
+
+        Each goes below every source's bound, and only when its account holds
+        nothing before it, neither an event nor an announced credit. They stay
+        in the heap (or among an account's waiting events), marked gone, and
+        are passed over there once tracing is on again.
+        """
+        source = group.topics.get(self.opened) if self.opened is not None else None
+        if source is None or not source.held:
+            return
+        least = self._least_bound(group, next(iter(source.held.values())).key, now)
+        for held in list(source.held.values()):
+            if held.key >= least:
+                break
+            first = group.first_held.get(held.account)
+            announced = group.pending.get(held.account) if held.account is not None else None
+            if (first is not None and first < held.key) or (announced and announced[0] < held.key):
+                continue  # in the log order when tracing is on again
+            held.gone = True
+            del source.held[held.offset]
+            if held.key > group.applied:
+                group.applied = held.key
+            out.append(held)
+
     def _bounds_moved(self) -> None:
         for group in self.groups.values():
             group.least = None
@@ -539,6 +609,8 @@ class LogMerge:
             if key >= wait:
                 return
             heapq.heappop(heap)
+            if held.gone:
+                continue
             account = held.account
             if account in waiting:  # behind an announced credit: in order after it
                 waiting[account].append(held)
@@ -611,7 +683,12 @@ class LogMerge:
         """
         out: dict[TP, int] = {}
         for group in self.groups.values():
-            positions = [(t, s.next_offset, s.end, s.arrived) for t, s in group.topics.items()]
+            # a crowded partition is left out of the fetch on purpose (`crowded`)
+            positions = [
+                (t, s.next_offset, s.end, s.arrived)
+                for t, s in group.topics.items()
+                if len(s.held) <= self.hold_limit
+            ]
             positions.append(
                 (self.credits_topic, group.credits_next, group.credits_end, group.credits_arrived)
             )

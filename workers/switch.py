@@ -3,8 +3,10 @@
 `costtrace switch on --node T` starts tracing a running business at T: the
 opening balances (`costtrace migrate --as-of T`, one `opened` event per
 account) hold everything up to T, so allocators skip (and count) every other
-event that occurred at or before T. `off` skips every event but `opened`.
-With no switch set, everything is traced.
+event that occurred at or before T. `off` holds every event but `opened` in
+the allocators' hold (workers/merge.py), uncommitted in Kafka, until tracing
+is on again; nothing is skipped for it. A retry (the compensator's) is never
+skipped. With no switch set, everything is traced.
 
 Workers read the switch every few seconds without restarting. While Redis
 is down they keep the last switch they read; an allocator also keeps it in
@@ -32,7 +34,7 @@ def switch_key(prefix: str) -> str:
 
 class Switch(msgspec.Struct, frozen=True):
     on: bool = True
-    node: str | None = None  # RFC 3339 instant; events at or before it are skipped
+    node: str | None = None  # RFC 3339 instant; events at or before it are skipped (once on)
     node_ns: int | None = None
 
     @classmethod
@@ -40,16 +42,17 @@ class Switch(msgspec.Struct, frozen=True):
         return cls(on, node, parse_instant(node) if node is not None else None)
 
     def skips(self, event_type: str, occurred_ns: int) -> bool:
-        """Whether an event is left out: opening balances never are; others by the switch."""
+        """Whether an event is left out: one at or before the node, but never an opening balance or credit.
+
+        Not for tracing off: the allocators hold events then, they do not skip them.
+        """
         if event_type in ("opened", "credit"):
             return False
-        if not self.on:
-            return True
         return self.node_ns is not None and occurred_ns <= self.node_ns
 
     def describe(self) -> str:
         if not self.on:
-            return "off: every event but `opened` is skipped"
+            return "off: every event but `opened` is held until tracing is on again"
         return (
             f"on, historical node {self.node}"
             if self.node

@@ -162,10 +162,10 @@ class Fleet:
 
         return asyncio.run(fetch())
 
-    def audit(self) -> subprocess.CompletedProcess[str]:
+    def audit(self, *args: str) -> subprocess.CompletedProcess[str]:
         """`costtrace audit` on this fleet: replay of its topics against its database."""
         return subprocess.run(
-            [sys.executable, "-m", "costtrace.cli", "audit"],
+            [sys.executable, "-m", "costtrace.cli", "audit", *args],
             env=self.env, capture_output=True, text=True, cwd=REPO, timeout=300,
         )  # fmt: skip
 

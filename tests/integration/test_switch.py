@@ -6,15 +6,20 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import redis
 
+from costtrace.order import occurred_ms
 from tests.integration.fleet import REPO, Fleet
 from tests.integration.test_compensation import event, eventually, query
+from tests.integration.test_equivalence import sample
 from tests.integration.test_metrics import free_port, scrape, total
+from workers.migrate import canonical_instant, opening_events
 
 NODE = "2026-03-01T00:00:00Z"
 N = 3000
@@ -200,3 +205,79 @@ def test_one_opening_per_account_and_node_however_written_and_a_corrected_balanc
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 1, (args, out, err)
         assert err.startswith("Error: Redis unavailable (") and len(err.strip().splitlines()) == 1, err
+
+
+def test_the_documented_procedure_with_traffic_throughout_loses_and_doubles_nothing(
+    fleet: Fleet, private_redis: PrivateRedis
+) -> None:
+    """docs/operations.md, "Switching tracing on for a running business": off, migrate, on --node T,
+    with producers publishing all along, events before and after T. The fleet then holds exactly what
+    replay gives of the openings and every event after T, and counts the events at or before T."""
+    fleet.env["COSTTRACE_REDIS_URL"] = private_redis.url
+    fleet.env["COSTTRACE_SWITCH_POLL"] = "0.5"
+    port = free_port()
+    fleet.start("allocator", "allocator", fleet.tmp / "state", http_port=port)
+    fleet.start("sink", "sink")
+    assert "off" in run(fleet, "switch", "off")
+
+    def tracing_off() -> bool:
+        try:
+            return total(scrape(port), "costtrace_tracing_on") == 0
+        except OSError:  # not serving yet
+            return False
+
+    eventually(tracing_off)
+
+    # the producers' first batches as issuances: the openings topic then holds migrate's alone, whose
+    # order against the traffic's would depend on when each was published (the order time runs per
+    # partition); an `opened` event while tracing is off is the merge's to test (tests/workers)
+    lines = [
+        line.replace(b'"type":"opened"', b'"type":"issued"')
+        for line in sample(2400, 150, seed=23)
+        if occurred_ms(line) is not None and (b'"type":"opened"' not in line or b'"budget_id"' in line)
+    ]
+    times = sorted(t for line in lines if (t := occurred_ms(line)) is not None)
+    node = canonical_instant(datetime.fromtimestamp(times[len(times) // 3] / 1000, UTC).isoformat())
+    node_ms = occurred_ms(b'{"occurred_at": "%s"}' % node.encode())
+    assert node_ms is not None
+    balances = [(f"acct-{i:06d}", 40 if i % 7 else 0) for i in range(150)]
+    (fleet.tmp / "balances.csv").write_text(
+        "account_id,balance\n" + "".join(f"{a},{b}\n" for a, b in balances)
+    )
+
+    chunks = [lines[i : i + 200] for i in range(0, len(lines), 200)]
+    published = threading.Semaphore(0)
+
+    def traffic() -> None:  # producers, all along: their events held while tracing is off
+        for chunk in chunks:
+            fleet.publish(chunk)
+            published.release()
+
+    producers = threading.Thread(target=traffic)
+    producers.start()
+    for _ in range(3):
+        published.acquire(timeout=120)
+    migrated = run(fleet, "migrate", "--as-of", node, "--balances", str(fleet.tmp / "balances.csv"))
+    assert f"opening balance(s) at {node}" in migrated
+    for _ in range(3):
+        published.acquire(timeout=120)
+    assert f"historical node {node}" in run(fleet, "switch", "on", "--node", node)
+    producers.join(timeout=300)
+    fleet.drain(timeout=300)
+
+    openings = [body for _, body in opening_events(node, balances)]
+    traced = [line for line in lines if (occurred_ms(line) or 0) > node_ms]  # and the node's openings
+    expected = fleet.assert_replays(openings + traced)  # records and rejections, exactly
+    opened_at_node = [
+        r
+        for rs in expected.values()
+        for r in rs
+        if r["kind"] == "open" and r["batch_id"] == f"opening@{node}"
+    ]
+    assert len(opened_at_node) == len(openings) > 100
+    assert fleet.late_events() == 0
+    skipped = total(scrape(port), "costtrace_events_total", outcome="skipped")
+    assert skipped == len(lines) - len(traced) > 500  # held while off, then skipped: none lost, none applied
+    audit = fleet.audit("--node", node.replace("Z", "+00:00"))  # replay of the topics with the node
+    assert audit.returncode == 0 and "PostgreSQL holds exactly" in audit.stdout, audit.stdout + audit.stderr
+    assert fleet.audit().returncode == 1  # without it, replay applies what the openings hold

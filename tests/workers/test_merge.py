@@ -223,6 +223,40 @@ def test_an_announced_credit_that_never_comes_expires_with_its_senders_watermark
     assert m.commit_point(CREDITS, 0) == 3
 
 
+def test_tracing_off_lets_openings_go_in_their_accounts_order_and_holds_the_rest_uncommitted() -> None:
+    m = merge()
+    add(m, watermark(0, 0, mark(0, OrderKey(99, 3, 0, 0, 1))))
+    m.only_openings = True
+    add(m, Msg("p.consumed", 0, 0, 40, [], key=b"dan"))  # after his opening: held, and no matter
+    add(m, Msg("p.issued", 0, 0, 10, [], key=b"bob"))  # before his opening: held, so his opening waits
+    add(m, Msg("p.opened", 0, 0, 20, [], key=b"bob"))
+    add(m, Msg("p.opened", 0, 1, 20, [], key=b"cy"))
+    add(m, Msg("p.opened", 0, 2, 20, [], key=b"dan"))
+    assert released(m) == []  # issued and consumed may still bring something before them
+    ends = {(t, 0): 0 for t in TOPICS} | {("p.issued", 0): 1, ("p.consumed", 0): 1, ("p.opened", 0): 3}
+    m.confirm_ends(ends, m.seq, m.latest)
+    assert released(m) == [("p.opened", 1), ("p.opened", 2)]
+    assert released(m) == []
+    assert m.commit_point("p.opened", 0) == 0  # bob's opening is still held
+    assert m.commit_point("p.consumed", 0) == 0 and m.commit_point("p.issued", 0) == 0  # kept in Kafka
+    assert m.held == 3
+    m.only_openings = False
+    # the log order, each opening once: bob's issuance, then his opening, then dan's consumption
+    assert released(m) == [("p.issued", 0), ("p.opened", 0), ("p.consumed", 0)]
+    assert m.held == 0 and m.commit_point("p.opened", 0) == 3 and m.commit_point("p.consumed", 0) == 1
+
+
+def test_tracing_turned_off_with_events_held_keeps_their_accounts_openings_behind_them() -> None:
+    m = merge()
+    add(m, Msg("p.consumed", 0, 0, 10, [], key=b"bob"))  # held (no watermark yet) before tracing goes off
+    m.only_openings = True
+    add(m, watermark(0, 0, mark(0, OrderKey(99, 3, 0, 0, 1))))
+    add(m, Msg("p.opened", 0, 0, 20, [], key=b"bob"))
+    add(m, Msg("p.opened", 0, 1, 20, [], key=b"cy"))
+    m.confirm_ends({(t, 0): 0 for t in TOPICS} | {("p.consumed", 0): 1, ("p.opened", 0): 2}, m.seq, m.latest)
+    assert released(m) == [("p.opened", 1)]
+
+
 def test_watermarks_say_how_far_a_sender_has_read_and_applied() -> None:
     m = merge(partitions=2)
     add(m, Msg("p.transferred", 0, 0, 40, []))
@@ -316,10 +350,11 @@ def expected_order(world: World) -> dict[tuple[int, bytes | None], list[tuple[st
 
 
 @settings(max_examples=300, deadline=None)
-@given(worlds(), st.integers(1, 2), st.integers(0, 2**32))
+@given(worlds(), st.integers(1, 2), st.integers(0, 2**32), st.booleans())
 def test_any_arrival_interleaving_gives_each_account_the_offline_order(
-    world: World, workers: int, seed: int
+    world: World, workers: int, seed: int, switching: bool
 ) -> None:
+    """`switching`: tracing goes off and on again at random meanwhile (openings go ahead while off)."""
     rnd = random.Random(
         seed
     )  # the interleaving: drawn here, not from hypothesis's data, which it would exhaust
@@ -382,8 +417,13 @@ def test_any_arrival_interleaving_gives_each_account_the_offline_order(
         pending_credits = [p for p, q in world.credits.items() if credits_read[p] < len(q)]
         choices: list[tuple[str, Any]] = [("input", tp) for tp in pending]
         choices += [("credit", p) for p in pending_credits] + [("tick", w) for w in range(workers)]
+        if switching:
+            choices.append(("switch", None))
         kind, what = rnd.choice(choices)
-        if kind == "input":
+        if kind == "switch":
+            for m in merges:
+                m.only_openings = not m.only_openings
+        elif kind == "input":
             msg = world.inputs[what][world.read.get(what, 0)]
             world.read[what] = world.read.get(what, 0) + 1
             add(merges[owners[msg.partition]], msg)
@@ -402,5 +442,9 @@ def test_any_arrival_interleaving_gives_each_account_the_offline_order(
         read_all = done_reading and all(credits_read[p] == len(q) for p, q in world.credits.items())
         if read_all and all(m.held == 0 for m in merges):
             break
+        if read_all and rnd.random() < 0.1:  # tracing on again, for good
+            switching = False
+            for m in merges:
+                m.only_openings = False
     assert all(m.held == 0 for m in merges), "the merge stalled"
     assert got == expected_order(world)

@@ -25,7 +25,7 @@ def test_on_with_a_node_skips_what_occurred_at_or_before_it_except_opening_balan
     assert not sw.skips("consumed", node + 1)
     assert not sw.skips("opened", node - 1) and not sw.skips("credit", node - 1)
     off = Switch.of(False, None)
-    assert off.skips("consumed", node + 10**12) and not off.skips("opened", 0)
+    assert not off.skips("consumed", node + 10**12)  # off holds events (the allocator's hold), never skips
     assert not Switch().skips("refunded", 0)  # not set: everything is traced
 
 
@@ -46,6 +46,15 @@ def test_the_allocator_skips_by_the_switch_without_touching_state() -> None:
         Message("p.consumed", 0, 2, b"alice", consumed("o1", 7, at="2026-03-02T00:00:00Z"), 1)
     )
     assert [(r.batch_id, r.amount) for r in taken.outcome.records] == [("b1", -5), ("SUSPENSE", -2)]
+
+
+def test_a_retry_is_never_skipped() -> None:
+    sw = Switch.of(True, NODE)
+    allocator = Allocator(MemoryStore(), "credits", "allocations", "dead-letters", skips=sw.skips)
+    retried = allocator.handle(
+        Message("p.issued", 0, 0, b"alice", issued("b0", 5, at="2026-02-28T23:59:59Z"), 1, 2, "p.issued:0:7")
+    )
+    assert retried.outcome.status is Status.APPLIED
 
 
 def test_a_worker_keeps_the_last_switch_it_read_across_restarts(tmp_path: Path) -> None:
