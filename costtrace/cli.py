@@ -795,7 +795,7 @@ def switch_on(node: str | None, no_node: bool) -> None:
 
 @switch.command("off")
 def switch_off() -> None:
-    """Hold every event but `opened` (opening balances) in Kafka until switched on; the node is kept for `on`."""
+    """Hold every event but `opened` (opening balances) until switched on; the node is kept for `on`."""
     from workers.switch import Switch, decode_switch, encode_switch
 
     client, key = _switch_store()
