@@ -11,6 +11,7 @@
 ARG PYTHON=python:3.11.11-slim-bookworm@sha256:081075da77b2b55c23c088251026fb69a7b2bf92471e491ff5fd75c192fd38e5
 
 FROM ${PYTHON} AS build
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 WORKDIR /src
 # the native model (native/) builds with Rust: rustup's minimal profile, the toolchain pinned
 ARG RUST_TOOLCHAIN=1.95.0
@@ -21,13 +22,13 @@ RUN apt-get update \
        | sh -s -- -y --profile minimal --default-toolchain "${RUST_TOOLCHAIN}" \
     && rm -rf /var/lib/apt/lists/*
 RUN pip install --no-cache-dir --upgrade "pip>=24" "setuptools>=69"
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY native native
 COPY costtrace costtrace
 COPY schemas schemas
 COPY topics topics
 COPY workers workers
-RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[fleet]"
+RUN pip wheel --no-cache-dir --wheel-dir /wheels --constraint constraints.txt ".[fleet]"
 
 FROM ${PYTHON} AS runtime
 ENV PYTHONDONTWRITEBYTECODE=1 \

@@ -3,7 +3,7 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 
 NATIVE := costtrace/.native-built
 # rustup's cargo, where a non-login shell may not have it on PATH
@@ -17,12 +17,12 @@ $(NATIVE): $(STAMP) native/Cargo.toml native/Cargo.lock $(wildcard native/src/*.
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@$(PY) -c 'import sys; assert sys.version_info >= (3, 11), "costtrace needs Python 3.11 or newer"'
 	@command -v cargo >/dev/null || { echo "costtrace needs Rust's cargo for its native model: https://rustup.rs" >&2; exit 1; }
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip "setuptools>=69"
-	$(BIN)/pip install -q -e '.[fleet,dev]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[fleet,dev]'
 	rm -f $(VENV)/.installed-* && touch $@
 
 demo: setup

@@ -300,20 +300,16 @@ class LogMerge:
         source.arrived = now
         before = source.time
         time_ms = timestamp_ms if before is None else max(before, timestamp_ms)
+        # only this source's bound moves, and up (`Source.bound`): the least one stays, unless it was
+        # this source's, or this source was let go (its bound left out, counted again from now)
+        if source.forced or source is group.least_source:
+            group.least = None
         source.time, source.next_offset, source.forced, source.waiting_since = (
             time_ms,
             offset + 1,
             False,
             None,
         )
-        least = group.least
-        if least is not None:  # only this source's bound moved: the least one stays, unless it was this one's
-            if source is group.least_source:
-                group.least = None
-            else:
-                bound = source.bound()
-                if bound < least:
-                    group.least, group.least_source = bound, source
         key = OrderKey(time_ms, source.rank, partition, offset)
         if topic == self.transferred:
             to = self.destination(message)

@@ -12,7 +12,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="COSTTRACE_", frozen=True)
 
     kafka_bootstrap: str = "127.0.0.1:19092"
-    postgres_dsn: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:55432/costtrace")
+    postgres_dsn: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:15432/costtrace")
     redis_url: SecretStr = SecretStr("redis://127.0.0.1:16379/0")
 
     topic_prefix: str = "costtrace"

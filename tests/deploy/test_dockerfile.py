@@ -113,3 +113,21 @@ def test_the_wheel_holds_the_migrations_and_schemas_and_runs_alone(tmp_path: Pat
         cwd=tmp_path,
     )
     assert out.stdout.strip().startswith(str(site))
+
+
+def test_what_the_image_installs_is_pinned_and_its_pipes_fail() -> None:
+    ops = instructions()
+    build = ops[: max(i for i, (op, _) in enumerate(ops) if op == "FROM")]
+    assert ("SHELL", '["/bin/bash", "-o", "pipefail", "-c"]') in build  # `curl | sh` fails with curl
+    wheels = [rest for op, rest in build if op == "RUN" and "pip wheel" in rest]
+    assert wheels and all("--constraint constraints.txt" in rest for rest in wheels)
+    assert any(op == "COPY" and "constraints.txt" in rest for op, rest in build)
+    pins = dict(
+        line.split("==", 1) for line in (REPO / "constraints.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    )  # fmt: skip
+    pyproject = (REPO / "pyproject.toml").read_text()
+    for package in ("faust-streaming", "mode-streaming", "aiokafka"):  # what workers/app.py reaches into
+        assert f'"{package}=={pins[package]}"' in pyproject, package
+    ignored = (REPO / ".dockerignore").read_text().split()
+    assert {"native/target", ".venv", ".stack", "tests"} <= set(ignored)
