@@ -20,6 +20,7 @@ commit.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import time
@@ -698,6 +699,23 @@ class RawBytes(faust.Schema[bytes, bytes]):
 
 RAW: dict[str, Any] = {"schema": RawBytes()}
 
+# the collector's thresholds for an allocator (Python's: 700, 10, 10)
+GC_THRESHOLDS = (10_000, 20, 50)
+
+
+def fewer_collections() -> None:
+    """Collect garbage less often in an allocator that holds many events.
+
+    The hold keeps every event it has read and not applied, tens of thousands
+    under a backlog, and each full collection walks all of them: with
+    Python's thresholds, collections took about a tenth of the allocator's
+    CPU on the fleet benchmark's backlog (gc.callbacks; a fiftieth with
+    these). What exists once the worker runs (modules, faust's app) is never
+    garbage, and leaves the collections for good (`gc.freeze`).
+    """
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
 
 def allocator_app(settings: Settings) -> faust.App:
     cat = fleet_catalogue(settings)
@@ -964,6 +982,7 @@ def allocator_app(settings: Settings) -> faust.App:
             local, store, allocator, metrics, outbox, changelog, held, settled_for, credit_commits
         )
         room.watch(stream.channel.queue)  # type: ignore[attr-defined]  # a faust Topic, typed as an iterator
+        fewer_collections()
         async for event in stream.events():
             try:
                 m = event.message
