@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import sys
 import time
@@ -14,9 +15,59 @@ from typing import Any, BinaryIO
 import click
 
 
-@click.group()
-def main() -> None:
+def unavailable(exc: BaseException) -> str | None:
+    """What an operator needs of an error that is no bug: a service down, a bad setting, no schema.
+
+    One line, naming the service or the setting; None for anything else (a
+    bug keeps its traceback).
+    """
+    first = (str(exc).strip().splitlines() or [""])[0]
+    name = type(exc).__name__
+    module = type(exc).__module__
+    if name == "ValidationError" and module.startswith("pydantic"):
+        wrong = "; ".join(
+            f"COSTTRACE_{'_'.join(map(str, e['loc'])).upper()}={e.get('input')!r}: {e['msg']}"
+            for e in exc.errors()  # type: ignore[attr-defined]
+        )
+        return f"invalid setting: {wrong}"
+    if module.startswith("aiokafka"):
+        return f"Kafka unavailable ({name}: {first})"
+    if module.startswith("redis"):
+        return f"Redis unavailable ({name}: {first})"
+    if name in ("UndefinedTableError", "UndefinedFunctionError") and module.startswith("asyncpg"):
+        return f"PostgreSQL has no costtrace schema here ({first}): run `costtrace db migrate`"
+    if module.startswith(("asyncpg", "psycopg", "sqlalchemy")) and (
+        "connect" in name.lower() or name in ("OperationalError", "InvalidCatalogNameError")
+    ):
+        return f"PostgreSQL unavailable ({name}: {first})"
+    local = FileNotFoundError | PermissionError | IsADirectoryError | NotADirectoryError | FileExistsError
+    if isinstance(exc, OSError) and not isinstance(exc, local):
+        return f"a service is unreachable ({name}: {first})"
+    return None
+
+
+class _Main(click.Group):
+    """Operator commands: a service down or a bad setting gives one line and exit 1, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            if isinstance(exc, click.ClickException | click.exceptions.Exit | click.exceptions.Abort):
+                raise
+            message = unavailable(exc)
+            if message is None:
+                raise
+            raise click.ClickException(message) from exc
+
+
+@click.group(cls=_Main)
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """costtrace: trace every coin spent back to the budgets that paid for it."""
+    if ctx.invoked_subcommand not in ("worker", "demo"):
+        # aiokafka logs each failed connection too; the command's one line says it (a worker keeps them)
+        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
 
 
 def _open_in(stack: ExitStack, path: str) -> BinaryIO:
@@ -465,9 +516,17 @@ def export(output: str) -> None:
             n += 1
         return n
 
-    with ExitStack() as stack:
-        dst = _open_out(stack, output)
-        n = asyncio.run(run(dst))
+    if output == "-":
+        n = asyncio.run(run(sys.stdout.buffer))
+    else:  # written whole or not at all: a file is in place only once every record is in it
+        partial = f"{output}.partial"
+        try:
+            with open(partial, "wb") as dst:
+                n = asyncio.run(run(dst))
+            os.replace(partial, output)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(partial)
     click.echo(f"exported {n:,} records", err=True)
 
 
@@ -891,7 +950,9 @@ def migrate_cmd(as_of: str, balances: str, budget: str, rate: float | None) -> N
 @click.option(
     "--to-app-id", required=True, help="allocator app id (consumer group, changelog) of the new generation"
 )
-@click.option("--partitions", type=int, required=True, help="partition count of the new generation")
+@click.option(
+    "--partitions", type=click.IntRange(min=1), required=True, help="partition count of the new generation"
+)
 def repartition(to_prefix: str, to_app_id: str, partitions: int) -> None:
     """Create a new generation of topics with another partition count, and carry the allocators' state over.
 
@@ -924,7 +985,9 @@ def repartition(to_prefix: str, to_app_id: str, partitions: int) -> None:
     "--refund-window", metavar="AGE",
     help="or: orders placed more than AGE ago (e.g. 90d), for scheduled runs",
 )  # fmt: skip
-@click.option("--chunk", type=int, default=1000, show_default=True, help="orders per checked chunk")
+@click.option(
+    "--chunk", type=click.IntRange(min=1), default=1000, show_default=True, help="orders per checked chunk"
+)
 def archive_cmd(before: str | None, refund_window: str | None, chunk: int) -> None:
     """Move settled orders past their refund window to the archive tables, and out of the accounts' state."""
     import asyncio

@@ -16,8 +16,8 @@ from topics.catalogue import Catalogue
 async def describe(bootstrap: str, names: list[str]) -> list[dict[str, Any]]:
     """The broker's metadata of these topics (aiokafka's `describe_topics`: partitions, replicas, ...)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
     try:
+        await admin.start()  # in the try: a start that fails leaves nothing open
         described: list[dict[str, Any]] = await admin.describe_topics(names)
         return described
     finally:
@@ -39,8 +39,8 @@ async def create(bootstrap: str, cat: Catalogue, replication: int) -> list[str]:
     existing = await partition_counts(bootstrap, [t.name for t in cat.topics])
     missing = [t for t in cat.topics if t.name not in existing]
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
     try:
+        await admin.start()  # in the try: a start that fails leaves nothing open
         for t in missing:
             with contextlib.suppress(TopicAlreadyExistsError):  # created meanwhile by another
                 await admin.create_topics(

@@ -103,8 +103,8 @@ async def _tell_states(conn: asyncpg.Connection, bootstrap: str, topic: str) -> 
     if not by_account:
         return 0
     producer = reliable_producer(bootstrap)
-    await producer.start()
     try:
+        await producer.start()  # in the try: a start that fails leaves nothing open
         for account, orders in by_account.items():
             await producer.send(topic, msgspec.json.encode(Archive(account, orders)), key=account.encode())
         await producer.flush()

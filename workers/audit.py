@@ -67,8 +67,8 @@ async def read_inputs(
     kinds[cat.archive] = "archive"
     tps = [TopicPartition(t, p) for t in kinds for p in range(partitions)]
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
     try:
+        await consumer.start()  # in the try: a start that fails leaves nothing open
         consumer.assign(tps)
         starts = await consumer.beginning_offsets(tps)
         ends = await consumer.end_offsets(tps)

@@ -150,8 +150,8 @@ async def replay(
     where, args = selected.where()
     conn = await asyncpg.connect(dsn)
     producer = reliable_producer(bootstrap, linger_ms=0)
-    await producer.start()
     try:
+        await producer.start()  # in the try: a start that fails leaves nothing open
         columns = "origin, status, topic, message_key, payload"
         rows = await conn.fetch(f"SELECT {columns} FROM parked_letters{where}", *args)
         sendable = [r for r in rows if r["status"] in wanted]
@@ -188,8 +188,8 @@ async def read_original(bootstrap: str, origin: str) -> bytes:
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, max_partition_fetch_bytes=1
     )
-    await consumer.start()
     try:
+        await consumer.start()  # in the try: a start that fails leaves nothing open
         consumer.assign([tp])
         consumer.seek(tp, position.offset)
         message = await asyncio.wait_for(consumer.getone(tp), timeout=30)

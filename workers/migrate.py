@@ -101,8 +101,8 @@ async def migrate(
     client = aioredis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
     key = checkpoint_key(as_of, events, prefix)
     producer = reliable_producer(bootstrap)
-    await producer.start()
     try:
+        await producer.start()  # in the try: a start that fails leaves nothing open
         start = int(await client.get(key) or 0)
         progress(start)
         started = time.monotonic()
