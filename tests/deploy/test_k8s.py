@@ -151,3 +151,49 @@ def test_archiving_runs_nightly_one_run_at_a_time(rendered: tuple[str, list[dict
     assert job["spec"]["concurrencyPolicy"] == "Forbid"
     (container,) = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
     assert container["args"][:2] == ["archive", "--refund-window"]
+
+
+def pod_templates(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Every workload's pod template, by workload name (a CronJob's through its job template)."""
+    out = {}
+    for d in docs:
+        if d["kind"] in {"StatefulSet", "Deployment"}:
+            out[d["metadata"]["name"]] = d["spec"]["template"]
+        elif d["kind"] == "CronJob":
+            out[d["metadata"]["name"]] = d["spec"]["jobTemplate"]["spec"]["template"]
+    return out
+
+
+def test_no_worker_reaches_the_kubernetes_api_or_takes_connections_but_on_its_metrics_port(
+    rendered: tuple[str, list[dict[str, Any]]],
+) -> None:
+    _, docs = rendered
+    (account,) = by_kind(docs, "ServiceAccount").values()
+    assert account["automountServiceAccountToken"] is False
+    templates = pod_templates(docs)
+    assert len(templates) == 5
+    for name, template in templates.items():
+        pod = template["spec"]
+        assert pod["serviceAccountName"] == account["metadata"]["name"], name
+        assert pod["automountServiceAccountToken"] is False, name
+    (policy,) = by_kind(docs, "NetworkPolicy").values()
+    (selector,) = policy["spec"]["podSelector"]["matchExpressions"]
+    names = {t["metadata"]["labels"][selector["key"]] for t in templates.values()}
+    assert selector["operator"] == "In" and set(selector["values"]) == names  # every worker, no other pod
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    (rule,) = policy["spec"]["ingress"]
+    ports = {(p["protocol"], p["port"]) for p in rule["ports"]}
+    assert ports == {("TCP", int(config(docs)["COSTTRACE_HTTP_PORT"]))}
+
+
+def test_allocators_and_sinks_spread_over_nodes(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    _, docs = rendered
+    templates = pod_templates(docs)
+    for name in ("costtrace-allocator", "costtrace-sink"):
+        template = templates[name]
+        (term,) = template["spec"]["affinity"]["podAntiAffinity"][
+            "preferredDuringSchedulingIgnoredDuringExecution"
+        ]
+        assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+        own = term["podAffinityTerm"]["labelSelector"]["matchLabels"]
+        assert own.items() <= template["metadata"]["labels"].items(), name
