@@ -15,6 +15,12 @@ from typing import Any, BinaryIO
 import click
 
 
+def down(service: str, exc: BaseException) -> str:
+    """One line: which service did not answer, and the first line of what its client said."""
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return f"{service} unavailable ({type(exc).__name__}: {first})"
+
+
 def unavailable(exc: BaseException) -> str | None:
     """What an operator needs of an error that is no bug: a service down, a bad setting, no schema.
 
@@ -31,15 +37,15 @@ def unavailable(exc: BaseException) -> str | None:
         )
         return f"invalid setting: {wrong}"
     if module.startswith("aiokafka"):
-        return f"Kafka unavailable ({name}: {first})"
+        return down("Kafka", exc)
     if module.startswith("redis"):
-        return f"Redis unavailable ({name}: {first})"
+        return down("Redis", exc)
     if name in ("UndefinedTableError", "UndefinedFunctionError") and module.startswith("asyncpg"):
         return f"PostgreSQL has no costtrace schema here ({first}): run `costtrace db migrate`"
     if module.startswith(("asyncpg", "psycopg", "sqlalchemy")) and (
         "connect" in name.lower() or name in ("OperationalError", "InvalidCatalogNameError")
     ):
-        return f"PostgreSQL unavailable ({name}: {first})"
+        return down("PostgreSQL", exc)
     local = FileNotFoundError | PermissionError | IsADirectoryError | NotADirectoryError | FileExistsError
     if isinstance(exc, OSError) and not isinstance(exc, local):
         return f"a service is unreachable ({name}: {first})"
@@ -822,7 +828,7 @@ def _redis_or_say(what: str) -> Iterator[None]:
     try:
         yield
     except (RedisError, OSError) as exc:
-        raise click.ClickException(f"Redis unavailable ({type(exc).__name__}: {exc}): {what}") from exc
+        raise click.ClickException(f"{down('Redis', exc)}: {what}") from exc
 
 
 @switch.command("on")

@@ -836,7 +836,6 @@ def allocator_app(settings: Settings) -> faust.App:
         # faust drops a revoked partition's DB without closing it; a handle kept here
         # would hold its lock when the partition comes back and faust opens it again
         local.db = None
-        local.forget()
         for tp in revoked:  # co-partitioned: an input partition goes with its state's
             persisted.pop(tp.partition, None)
             kept.pop(tp.partition, None)
