@@ -25,9 +25,6 @@ RUN pip install --no-cache-dir --upgrade "pip>=24" "setuptools>=69"
 COPY pyproject.toml README.md constraints.txt ./
 COPY native native
 COPY costtrace costtrace
-COPY schemas schemas
-COPY topics topics
-COPY workers workers
 RUN pip wheel --no-cache-dir --wheel-dir /wheels --constraint constraints.txt ".[fleet]"
 
 FROM ${PYTHON} AS runtime

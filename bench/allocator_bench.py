@@ -1,7 +1,7 @@
 """The allocator's own work per event, without Kafka: what the agent does between faust and the sockets.
 
 The fleet benchmark's backlog (same generator, seed and accounts) goes
-through the agent's own step (`workers.app.AllocatorStep`: the model, the
+through the agent's own step (`costtrace.fleet.app.AllocatorStep`: the model, the
 metrics, the outbox's record batches, handed over every 150 events to a
 producer that keeps nothing) on real RocksDB partition DBs opened as faust
 opens them (write-ahead log off, as in the fleet). Best of `--repeat`. For
@@ -26,14 +26,14 @@ from faust.stores.rocksdb import RocksDBOptions
 from rocksdict import WriteOptions
 
 from costtrace._native import partition_for
-from costtrace.sample import encode_event, generate_events
-from schemas.events import EVENT_TYPES
-from workers.allocator import Allocator
-from workers.app import AllocatorStep, Committed
-from workers.metrics import Metrics
-from workers.outbox import Outbox, fits_one_batch
-from workers.settings import Settings
-from workers.state import AccountsHeld, PartitionTable, TableStore
+from costtrace.contract.events import EVENT_TYPES
+from costtrace.fleet.allocator import Allocator
+from costtrace.fleet.app import AllocatorStep, Committed
+from costtrace.fleet.metrics import Metrics
+from costtrace.fleet.outbox import Outbox, fits_one_batch
+from costtrace.fleet.settings import Settings
+from costtrace.fleet.state import AccountsHeld, PartitionTable, TableStore
+from costtrace.ops.sample import encode_event, generate_events
 
 PARTITIONS = 8
 CHANGELOG = "state-changelog"

@@ -37,11 +37,11 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer
 
 from bench import pg_allocator
-from costtrace.sample import encode_event, generate_events
-from workers.app import fleet_catalogue
-from workers.demo import stack_up
-from workers.ops import prepare_run, wait_drained
-from workers.publish import publish
+from costtrace.fleet.app import fleet_catalogue
+from costtrace.fleet.publish import publish
+from costtrace.ops.sample import encode_event, generate_events
+from dev.demo import stack_up
+from dev.harness import prepare_run, wait_drained
 
 
 async def bare_consumer(bootstrap: str, topics: list[str], n: int, group: str) -> float:

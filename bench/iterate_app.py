@@ -12,8 +12,8 @@ from typing import Any
 
 import faust
 
-from workers.app import RAW, _base_config, fleet_catalogue, run_worker
-from workers.settings import Settings
+from costtrace.fleet.app import RAW, _base_config, fleet_catalogue, run_worker
+from costtrace.fleet.settings import Settings
 
 
 def main() -> None:

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import msgspec
 
-from costtrace.sample import write_log
-from schemas.events import parse_event
+from costtrace.contract.events import parse_event
+from costtrace.ops.sample import write_log
 
 
 def _best(fn: object, repeat: int) -> float:

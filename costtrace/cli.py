@@ -133,8 +133,8 @@ def replay(
         raise click.UsageError("--node goes with --from-topics")
     if events is None:
         raise click.UsageError("missing EVENTS (a file, or '-' for standard input), or --from-topics")
+    from costtrace.model.replay import replay as run_replay
     from costtrace.model.state import MemoryStore
-    from costtrace.replay import replay as run_replay
 
     with ExitStack() as stack:
         src = _open_in(stack, events)
@@ -166,7 +166,7 @@ def _node(node: str | None) -> str | None:
     """A node as the switch keeps it (any RFC 3339 spelling of the instant), or a usage error."""
     if node is None:
         return None
-    from workers.migrate import canonical_instant
+    from costtrace.ops.migrate import canonical_instant
 
     try:
         return canonical_instant(node)
@@ -179,8 +179,8 @@ def _replay_topics(output: str, node: str | None) -> None:
 
     import msgspec
 
-    from workers.app import fleet_catalogue
-    from workers.audit import TruncatedLog, read_inputs, rejection_in, replay_records
+    from costtrace.fleet.app import fleet_catalogue
+    from costtrace.ops.audit import TruncatedLog, read_inputs, rejection_in, replay_records
 
     settings = _settings()
     cat = fleet_catalogue(settings)
@@ -226,9 +226,9 @@ def audit(as_json: bool, limit: int, node: str | None) -> None:
     import dataclasses
     import json
 
-    from workers.app import fleet_catalogue
-    from workers.audit import TruncatedLog
-    from workers.audit import audit as run_audit
+    from costtrace.fleet.app import fleet_catalogue
+    from costtrace.ops.audit import TruncatedLog
+    from costtrace.ops.audit import audit as run_audit
 
     settings = _settings()
     try:
@@ -271,7 +271,7 @@ def _exit_without_freeing() -> None:
 )
 def sample(n_events: int, accounts: int, seed: int, output: str) -> None:
     """Write a generated, realistic event log (deterministic for a seed)."""
-    from costtrace.sample import encode_event, generate_events
+    from costtrace.ops.sample import encode_event, generate_events
 
     with ExitStack() as stack:
         dst = _open_out(stack, output)
@@ -303,16 +303,16 @@ def demo(n_events: int, accounts: int, seed: int, allocators: int, offline: bool
     root = Path(workdir)
     root.mkdir(parents=True, exist_ok=True)
     if not offline:
-        from workers.demo import run
+        from dev.demo import run
 
         run(n_events, accounts, seed, allocators, root, click.echo)
         return
 
-    from costtrace.order import fleet_order
-    from costtrace.replay import replay as run_replay
-    from costtrace.report import report
-    from costtrace.sample import write_log
-    from schemas.records import decode_record
+    from costtrace.contract.records import decode_record
+    from costtrace.model.order import fleet_order
+    from costtrace.model.replay import replay as run_replay
+    from costtrace.model.report import report
+    from costtrace.ops.sample import write_log
 
     events, records = root / "events.jsonl", root / "records.jsonl"
     click.echo(f"generating {n_events:,} events over {accounts:,} accounts -> {events}")
@@ -337,14 +337,14 @@ def demo(n_events: int, accounts: int, seed: int, allocators: int, offline: bool
 
 
 def _settings(**overrides: Any) -> Any:
-    from workers.settings import Settings
+    from costtrace.fleet.settings import Settings
 
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
 
 
 @main.group()
 def topics() -> None:
-    """The topic catalogue (topics/catalogue.py) and its state on the broker."""
+    """The topic catalogue (costtrace/contract/topics.py) and its state on the broker."""
 
 
 @topics.command("list")
@@ -354,7 +354,7 @@ def topics_list(as_json: bool) -> None:
     import dataclasses
     import json
 
-    from workers.app import fleet_catalogue
+    from costtrace.fleet.app import fleet_catalogue
 
     cat = fleet_catalogue(_settings())
     if as_json:
@@ -371,8 +371,8 @@ def topics_create() -> None:
     """Create missing topics (idempotent), then check them all."""
     import asyncio
 
-    from topics.admin import create
-    from workers.app import fleet_catalogue
+    from costtrace.fleet.app import fleet_catalogue
+    from costtrace.ops.topics import create
 
     settings = _settings()
     created = asyncio.run(create(settings.kafka_bootstrap, fleet_catalogue(settings), settings.replication))
@@ -384,8 +384,8 @@ def topics_check() -> None:
     """Exit non-zero if a topic is missing or co-partitioned topics disagree."""
     import asyncio
 
-    from topics.admin import check
-    from workers.app import fleet_catalogue
+    from costtrace.fleet.app import fleet_catalogue
+    from costtrace.ops.topics import check
 
     settings = _settings()
     try:
@@ -403,7 +403,7 @@ def db() -> None:
 @db.command("migrate")
 def db_migrate() -> None:
     """Apply the schema migrations (Alembic), idempotently."""
-    from workers.db import migrate
+    from costtrace.storage.db import migrate
 
     migrate(_settings().postgres_dsn.get_secret_value())
     click.echo("schema up to date")
@@ -433,10 +433,10 @@ def worker(role: str, state_dir: str | None, loglevel: str | None) -> None:
     import asyncio
     from pathlib import Path
 
-    from topics.admin import check
-    from workers.app import allocator_app, fleet_catalogue, run_worker
-    from workers.codecs import MissingCodecs, require_codecs
-    from workers.lifecycle import mark_clean_exit, prepare_state_dir
+    from costtrace.fleet.app import allocator_app, fleet_catalogue, run_worker
+    from costtrace.fleet.codecs import MissingCodecs, require_codecs
+    from costtrace.fleet.lifecycle import mark_clean_exit, prepare_state_dir
+    from costtrace.ops.topics import check
 
     settings = _settings(state_dir=Path(state_dir) if state_dir else None)
     try:
@@ -444,8 +444,8 @@ def worker(role: str, state_dir: str | None, loglevel: str | None) -> None:
         asyncio.run(check(settings.kafka_bootstrap, fleet_catalogue(settings)))
     except (LookupError, ValueError, MissingCodecs) as exc:
         raise click.ClickException(f"refusing to start: {exc}") from exc
-    if role == "sink":  # a plain Kafka consumer, no faust (workers/sink.py)
-        from workers import sink
+    if role == "sink":  # a plain Kafka consumer, no faust (costtrace/fleet/sink.py)
+        from costtrace.fleet import sink
 
         sys.exit(sink.main(settings, loglevel or settings.log_level))
     settings.state_dir.mkdir(parents=True, exist_ok=True)  # faust's data dir
@@ -453,7 +453,7 @@ def worker(role: str, state_dir: str | None, loglevel: str | None) -> None:
         prepare_state_dir(settings.state_dir)
         app = allocator_app(settings)
     else:
-        from workers.compensator import compensator_app
+        from costtrace.fleet.compensator import compensator_app
 
         app = compensator_app(settings)
     code = 1
@@ -483,9 +483,9 @@ def simulate(n_events: int, accounts: int, seed: int, rate: float | None, from_f
     """Publish realistic traffic to the input topics, as producers would."""
     import asyncio
 
-    from costtrace.sample import encode_event, generate_events
-    from workers.app import fleet_catalogue
-    from workers.publish import publish
+    from costtrace.fleet.app import fleet_catalogue
+    from costtrace.fleet.publish import publish
+    from costtrace.ops.sample import encode_event, generate_events
 
     settings = _settings()
     if from_file:
@@ -509,8 +509,8 @@ def export(output: str) -> None:
 
     import msgspec
 
-    from schemas.records import Record
-    from workers.db import iter_records
+    from costtrace.contract.records import Record
+    from costtrace.storage.db import iter_records
 
     dsn = _settings().postgres_dsn.get_secret_value()
     encoder = msgspec.json.Encoder()
@@ -538,13 +538,13 @@ def export(output: str) -> None:
 
 @main.group()
 def schemas() -> None:
-    """The machine-readable event and record schemas under schemas/v1."""
+    """The machine-readable event and record schemas under costtrace/contract/v1."""
 
 
 @schemas.command("write")
 def schemas_write() -> None:
-    """Regenerate schemas/v1/*.schema.json from the Python types."""
-    from schemas.jsonschema import write_all
+    """Regenerate costtrace/contract/v1/*.schema.json from the Python types."""
+    from costtrace.contract.jsonschema import write_all
 
     for path in write_all():
         click.echo(path)
@@ -569,7 +569,7 @@ def _letters(changes: bool) -> Callable[[Callable[..., None]], Callable[..., Non
         ) -> None:  # fmt: skip
             if changes and not (origins or reason or account or older or newer):
                 raise click.UsageError("name the letters: ORIGINS, or at least one filter")
-            from workers.dlq import Filter, parse_age
+            from costtrace.ops.dlq import Filter, parse_age
 
             try:
                 older_than = parse_age(older) if older else None
@@ -607,7 +607,7 @@ def dlq_list(letters: Any, as_json: bool) -> None:
     import asyncio
     import json
 
-    from workers.dlq import parked
+    from costtrace.ops.dlq import parked
 
     rows = asyncio.run(parked(_settings().postgres_dsn.get_secret_value(), letters))
     for r in rows:
@@ -636,7 +636,7 @@ def dlq_show(origin: str, payload_to: str | None) -> None:
     import asyncio
     import hashlib
 
-    from workers.dlq import read_original, show
+    from costtrace.ops.dlq import read_original, show
 
     settings = _settings()
     letter, history, trail = asyncio.run(show(settings.postgres_dsn.get_secret_value(), origin))
@@ -688,7 +688,7 @@ def dlq_replay(letters: Any, again: bool, discarded: bool) -> None:
     """
     import asyncio
 
-    from workers.dlq import replay
+    from costtrace.ops.dlq import replay
 
     settings = _settings()
     dsn = settings.postgres_dsn.get_secret_value()
@@ -708,7 +708,7 @@ def dlq_discard(letters: Any, note: str) -> None:
     """Mark the selected parked letters discarded; they stay in PostgreSQL with the note."""
     import asyncio
 
-    from workers.dlq import discard
+    from costtrace.ops.dlq import discard
 
     n = asyncio.run(discard(_settings().postgres_dsn.get_secret_value(), letters, note))
     click.echo(f"discarded {n} letter(s)")
@@ -735,7 +735,7 @@ def ledger_load(file: str, replace: bool) -> None:
     import asyncio
     from pathlib import Path
 
-    from workers.reconcile import load_ledger, parse_ledger
+    from costtrace.ops.reconcile import load_ledger, parse_ledger
 
     try:
         rows = parse_ledger(file, Path(file).read_text())
@@ -777,8 +777,8 @@ def reconcile(
     """
     import asyncio
 
-    from workers.dlq import parse_age
-    from workers.reconcile import LockLost, reconcile_with, run_on_schedule
+    from costtrace.ops.dlq import parse_age
+    from costtrace.ops.reconcile import LockLost, reconcile_with, run_on_schedule
 
     try:
         age = parse_age(debt_age)
@@ -813,7 +813,7 @@ def _switch_store() -> tuple[Any, str]:
     """Where the fleet's switch is: a Redis client, and the key under the fleet's topic prefix."""
     import redis
 
-    from workers.switch import switch_key
+    from costtrace.fleet.switch import switch_key
 
     settings = _settings()
     client = redis.Redis.from_url(settings.redis_url.get_secret_value(), socket_timeout=5)
@@ -838,7 +838,7 @@ def _redis_or_say(what: str) -> Iterator[None]:
 )
 def switch_on(node: str | None, no_node: bool) -> None:
     """Trace every event after the historical node: the one given, or the one set now (kept as it is)."""
-    from workers.switch import Switch, decode_switch, encode_switch
+    from costtrace.fleet.switch import Switch, decode_switch, encode_switch
 
     if node is not None and no_node:
         raise click.UsageError("give --node T or --no-node, not both")
@@ -861,7 +861,7 @@ def switch_on(node: str | None, no_node: bool) -> None:
 @switch.command("off")
 def switch_off() -> None:
     """Hold every event but `opened` (opening balances) until switched on; the node is kept for `on`."""
-    from workers.switch import Switch, decode_switch, encode_switch
+    from costtrace.fleet.switch import Switch, decode_switch, encode_switch
 
     client, key = _switch_store()
     with _redis_or_say("the switch was not changed; allocators keep the last switch they read"):
@@ -874,7 +874,7 @@ def switch_off() -> None:
 @switch.command("status")
 def switch_status() -> None:
     """What the switch says now (allocators pick it up within COSTTRACE_SWITCH_POLL seconds)."""
-    from workers.switch import Switch, decode_switch
+    from costtrace.fleet.switch import Switch, decode_switch
 
     client, key = _switch_store()
     with _redis_or_say("the switch could not be read; allocators keep the last switch they read"):
@@ -900,8 +900,8 @@ def migrate_cmd(as_of: str, balances: str, budget: str, rate: float | None) -> N
 
     from tqdm import tqdm
 
-    from workers.migrate import canonical_instant, conflicting_openings, migrate, opening_events
-    from workers.reconcile import parse_ledger
+    from costtrace.ops.migrate import canonical_instant, conflicting_openings, migrate, opening_events
+    from costtrace.ops.reconcile import parse_ledger
 
     try:
         node = canonical_instant(as_of)
@@ -967,9 +967,9 @@ def repartition(to_prefix: str, to_app_id: str, partitions: int) -> None:
     """
     import asyncio
 
-    from topics.admin import create
-    from topics.catalogue import catalogue
-    from workers.repartition import copy_state
+    from costtrace.contract.topics import catalogue
+    from costtrace.ops.repartition import copy_state
+    from costtrace.ops.topics import create
 
     settings = _settings()
     if to_prefix == settings.topic_prefix or to_app_id == settings.app_id:
@@ -1001,9 +1001,9 @@ def archive_cmd(before: str | None, refund_window: str | None, chunk: int) -> No
 
     from tqdm import tqdm
 
-    from workers.app import fleet_catalogue
-    from workers.archive import ArchiveMismatch, archive
-    from workers.dlq import parse_age
+    from costtrace.fleet.app import fleet_catalogue
+    from costtrace.ops.archive import ArchiveMismatch, archive
+    from costtrace.ops.dlq import parse_age
 
     if (before is None) == (refund_window is None):
         raise click.UsageError("give one of --before DATE and --refund-window AGE")

@@ -4,7 +4,7 @@ The rules themselves are native (native/src/model.rs, built into
 `costtrace._native`): one implementation, which offline replay and the fleet's
 agents both call through `apply_event`, `apply_credit` and `apply_archive`
 here. It is pure: no Kafka, no database, no clock; state comes from a `Store`
-and goes back to it. Validation stays in `schemas.events`; the model gets
+and goes back to it. Validation stays in `costtrace.contract.events`; the model gets
 each event as msgpack of its validated Struct (also its exact-repeat
 fingerprint) and gives records back as the contract's JSON.
 
@@ -25,9 +25,9 @@ from typing import Any, Final
 import msgspec
 
 from costtrace._native import event_key
+from costtrace.contract.events import Event, Invalid, parse_event
+from costtrace.contract.records import Reason, Record, Rejection, rejection
 from costtrace.model.state import Archive, Credit, MemoryStore, Position, Settled, Store
-from schemas.events import Event, Invalid, parse_event
-from schemas.records import Reason, Record, Rejection, rejection
 
 __all__ = ["Outcome", "Status", "apply_archive", "apply_credit", "apply_event", "event_key"]
 
@@ -37,7 +37,7 @@ class Status(StrEnum):
     REPEAT = "repeat"  # exact repeat of an applied event: ignored
     REJECTED = "rejected"
     REDELIVERED = "redelivered"  # read again at a position already applied
-    SKIPPED = "skipped"  # left out by the fleet's tracing switch (workers/switch.py); never in replay
+    SKIPPED = "skipped"  # left out by the fleet's tracing switch (costtrace/fleet/switch.py); never in replay
 
 
 # the native model's status codes

@@ -40,8 +40,8 @@ from typing import Any, Final, Protocol
 import msgspec
 
 from costtrace._native import NativeStore
-from schemas.events import Event
-from schemas.records import Record, Rejection
+from costtrace.contract.events import Event
+from costtrace.contract.records import Record, Rejection
 
 
 class Namespace(IntEnum):

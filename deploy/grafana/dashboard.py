@@ -2,7 +2,7 @@
 
 Three rows answer the three questions an SRE asks: is it keeping up, is
 anything failing, is the money right. Every query uses metrics from
-workers/metrics.py (and Prometheus' `up`); tests/deploy/test_observability.py
+costtrace/fleet/metrics.py (and Prometheus' `up`); tests/deploy/test_observability.py
 checks that the JSON is what this file builds and that a running fleet serves
 each metric.
 """

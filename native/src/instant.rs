@@ -3,7 +3,7 @@
 //!
 //! Gives an instant only for text it is sure of; for anything else it gives
 //! `None` and the Python reference parser (`parse_rfc3339`) decides, and words
-//! the refusal. tests/schemas/test_events.py holds the two to each other.
+//! the refusal. tests/contract/test_events.py holds the two to each other.
 
 pub const FIRST_YEAR: i64 = 1678;
 pub const LAST_YEAR: i64 = 2261;

@@ -210,7 +210,7 @@ impl NativeStore {
         }
     }
 
-    /// The fleet's store: state in `table` (`get(key)`, `put_all(writes)`); `together(size, n)` as in workers/state.py.
+    /// The fleet's store: state in `table` (`get(key)`, `put_all(writes)`); `together(size, n)` as in costtrace/fleet/state.py.
     #[staticmethod]
     fn table(table: Py<PyAny>, together: Py<PyAny>) -> Self {
         NativeStore {

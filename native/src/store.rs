@@ -1,6 +1,6 @@
 //! Where per-account state lives, and how an event reads and writes it.
 //!
-//! The fleet's table is the partition's RocksDB (workers/state.py), bytes in
+//! The fleet's table is the partition's RocksDB (costtrace/fleet/state.py), bytes in
 //! and bytes out, whose changelog a crash may cut; replay's is a map in
 //! memory that holds each account's values as they are (`Held`: nothing to
 //! encode or decode). The rules see both through the same `AccountState`

@@ -78,7 +78,7 @@ def test_the_wheel_holds_the_migrations_and_schemas_and_runs_alone(tmp_path: Pat
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, src / name)
-    for name in ("costtrace", "schemas", "topics", "workers", "native"):
+    for name in ("costtrace", "native"):
         ignore = shutil.ignore_patterns("__pycache__", "target", "_native*.so")
         shutil.copytree(REPO / name, src / name, ignore=ignore)
     # cargo's build folder is shared with the checkout's, so the native model compiles once
@@ -86,9 +86,9 @@ def test_the_wheel_holds_the_migrations_and_schemas_and_runs_alone(tmp_path: Pat
     subprocess.run([*build, str(src)], check=True, timeout=600, env=env)
     (wheel,) = tmp_path.glob("costtrace-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert any(re.fullmatch(r"workers/migrations/versions/0001_\w+\.py", n) for n in names)
-    assert "workers/migrations/env.py" in names
-    assert any(n.startswith("schemas/v1/") and n.endswith(".schema.json") for n in names)
+    assert any(re.fullmatch(r"costtrace/storage/migrations/versions/0001_\w+\.py", n) for n in names)
+    assert "costtrace/storage/migrations/env.py" in names
+    assert any(n.startswith("costtrace/contract/v1/") and n.endswith(".schema.json") for n in names)
     assert not any(n.startswith(("tests/", "bench/", "deploy/", "native/")) for n in names)
     assert any(re.fullmatch(r"costtrace/_native\.abi3\.so", n) for n in names), "the native model"
     # the image runs only what the wheel and its dependencies hold: the CLI starts from it
@@ -103,8 +103,10 @@ def test_the_wheel_holds_the_migrations_and_schemas_and_runs_alone(tmp_path: Pat
         / "site-packages"
     )
     (site / "deps.pth").write_text(str(deps) + "\n")  # the dependencies, not the repository
-    code = "import costtrace.cli, costtrace.model.allocation, topics.catalogue, workers.app, workers.sink; "
-    code += "import workers.db as d; print(d.MIGRATIONS)"
+    code = "import costtrace.cli, costtrace.model.allocation, costtrace.contract.topics; "
+    code += "import costtrace.fleet.app; "
+    code += "import costtrace.fleet.sink; "
+    code += "import costtrace.storage.db as d; print(d.MIGRATIONS)"
     out = subprocess.run(
         [str(env_dir / "bin" / "python"), "-c", code],
         check=True,
@@ -127,7 +129,11 @@ def test_what_the_image_installs_is_pinned_and_its_pipes_fail() -> None:
         if line and not line.startswith("#")
     )  # fmt: skip
     pyproject = (REPO / "pyproject.toml").read_text()
-    for package in ("faust-streaming", "mode-streaming", "aiokafka"):  # what workers/app.py reaches into
+    for package in (
+        "faust-streaming",
+        "mode-streaming",
+        "aiokafka",
+    ):  # what costtrace/fleet/internals.py reaches into
         assert f'"{package}=={pins[package]}"' in pyproject, package
     ignored = (REPO / ".dockerignore").read_text().split()
     assert {"native/target", ".venv", ".stack", "tests"} <= set(ignored)

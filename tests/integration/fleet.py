@@ -16,13 +16,13 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from costtrace.order import fleet_order
-from topics.catalogue import Catalogue
-from workers.app import fleet_catalogue
-from workers.demo import stack_env
-from workers.ops import prepare_run, wait_drained
-from workers.publish import publish
-from workers.settings import Settings
+from costtrace.contract.topics import Catalogue
+from costtrace.fleet.app import fleet_catalogue
+from costtrace.fleet.publish import publish
+from costtrace.fleet.settings import Settings
+from costtrace.model.order import fleet_order
+from dev.demo import stack_env
+from dev.harness import prepare_run, wait_drained
 
 REPO = Path(__file__).resolve().parents[2]
 _loose = msgspec.json.Decoder()
@@ -139,7 +139,7 @@ class Fleet:
         """The fleet holds exactly replay's records of `lines` and its rejections; replay's records.
 
         `order`: "fleet", replay of the lines in the fleet's log order once
-        published (costtrace.order.fleet_order); "file", in line order, for a
+        published (costtrace.model.order.fleet_order); "file", in line order, for a
         log published in phases drained one by one (each phase applied whole
         before the next is published).
         """

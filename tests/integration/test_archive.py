@@ -8,10 +8,10 @@ from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from costtrace.fleet.state import account_of_key
 from tests.integration.fleet import Fleet, by_account, replay
 from tests.integration.test_compensation import event, query
 from tests.integration.test_switch import run
-from workers.state import account_of_key
 
 
 def test_archived_orders_leave_the_hot_table_and_their_state(fleet: Fleet) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from costtrace.sample import encode_event, generate_events
+from costtrace.ops.sample import encode_event, generate_events
 from tests.integration.fleet import Fleet, phases
 
 T = "2026-02-01T12:00:00Z"

@@ -5,7 +5,7 @@ that refunds overtake their orders and consumptions their issuances unless
 the fleet puts them in order. Then the same while the workers run, with an
 allocator killed and the group rebalanced twice on the way. Each time the
 fleet's records and rejections are replay's of the log in the fleet's order
-(`costtrace.order.fleet_order`), no event was late, and `costtrace audit`,
+(`costtrace.model.order.fleet_order`), no event was late, and `costtrace audit`,
 which replays the topics themselves, finds PostgreSQL exact.
 """
 
@@ -20,7 +20,7 @@ import time
 
 import asyncpg
 
-from costtrace.sample import encode_event, generate_events
+from costtrace.ops.sample import encode_event, generate_events
 from tests.integration.fleet import REPO, Fleet, by_account
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from costtrace.sample import encode_event, generate_events
+from costtrace.ops.sample import encode_event, generate_events
 from tests.deploy.test_observability import PROM, alert_rules, used_metrics
 from tests.integration.fleet import Fleet
 

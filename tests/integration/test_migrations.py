@@ -10,9 +10,9 @@ import uuid
 
 import asyncpg
 
+from dev.demo import stack_env
+from dev.harness import _create_database
 from tests.conftest import REPO
-from workers.demo import stack_env
-from workers.ops import _create_database
 
 
 def test_migrations_started_together_run_one_at_a_time(stack: None) -> None:

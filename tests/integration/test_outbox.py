@@ -9,8 +9,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import MessageSizeTooLargeError
 
-from workers.demo import stack_env
-from workers.outbox import Outbox
+from costtrace.fleet.outbox import Outbox
+from dev.demo import stack_env
 
 
 async def test_no_later_batch_lands_after_one_the_broker_refused(stack: None) -> None:

@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 import redis
 
+from costtrace.ops.reconcile import LOCK_KEY, LockLost, RunResult, load_ledger, reconcile
 from tests.integration.fleet import Fleet
 from tests.integration.test_compensation import event, eventually, query, start
-from workers.reconcile import LOCK_KEY, LockLost, RunResult, load_ledger, reconcile
 
 
 def run(fleet: Fleet, redis_url: str | None = None, **kw: Any) -> RunResult:

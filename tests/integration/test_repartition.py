@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
+from costtrace.fleet.app import fleet_catalogue
+from costtrace.ops.repartition import partition_of
 from tests.integration.fleet import Fleet, phases
 from tests.integration.test_equivalence import sample
 from tests.integration.test_switch import run
-from workers.app import fleet_catalogue
-from workers.repartition import partition_of
 
 
 def test_a_new_generation_with_more_partitions_carries_every_account_on(fleet: Fleet) -> None:

@@ -8,7 +8,7 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-from costtrace.sample import encode_event, generate_events
+from costtrace.ops.sample import encode_event, generate_events
 from tests.integration.fleet import Fleet, phases
 
 

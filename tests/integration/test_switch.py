@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 import redis
 
-from costtrace.order import occurred_ms
+from costtrace.model.order import occurred_ms
+from costtrace.ops.migrate import canonical_instant, opening_events
 from tests.integration.fleet import REPO, Fleet
 from tests.integration.test_compensation import event, eventually, query
 from tests.integration.test_equivalence import sample
 from tests.integration.test_metrics import free_port, scrape, total
-from workers.migrate import canonical_instant, opening_events
 
 NODE = "2026-03-01T00:00:00Z"
 N = 3000

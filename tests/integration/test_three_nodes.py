@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from costtrace.sample import encode_event, generate_events
+from costtrace.ops.sample import encode_event, generate_events
+from costtrace.ops.topics import describe
+from dev.demo import stack_env
 from tests.integration.fleet import REPO, Fleet, phases
-from topics.admin import describe
-from workers.demo import stack_env
 
 STACK = REPO / "deploy" / "stack"
 

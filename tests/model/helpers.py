@@ -7,9 +7,9 @@ from typing import Any
 
 import msgspec
 
+from costtrace.contract.records import Record, Rejection
 from costtrace.model.allocation import Outcome, Status, apply_credit, apply_event
 from costtrace.model.state import MemoryStore
-from schemas.records import Record, Rejection
 
 _ids = itertools.count(1)
 T0 = "2026-03-01T10:00:00Z"

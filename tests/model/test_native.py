@@ -8,9 +8,9 @@ import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from costtrace.contract.records import Record
 from costtrace.model.allocation import Status, apply_event, event_key
 from costtrace.model.state import MemoryStore
-from schemas.records import Record
 from tests.model.helpers import consumed, issued
 
 # ids as producers may send them: any character but U+0000 (an invalid_event), control characters and
@@ -39,7 +39,7 @@ def test_event_keys_are_blake2b_of_the_length_in_characters(account: str, event:
 
 def test_each_outcome_names_the_kinds_of_its_records_in_order() -> None:
     """What the fleet's metrics count, without decoding the records."""
-    from costtrace.sample import encode_event, generate_events
+    from costtrace.ops.sample import encode_event, generate_events
 
     store, kinds = MemoryStore(), set[str]()
     for event in generate_events(3000, 60, seed=5):

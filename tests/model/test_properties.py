@@ -9,9 +9,9 @@ import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from costtrace.contract.records import SUSPENSE, Record
 from costtrace.model.allocation import Status, apply_credit, apply_event
 from costtrace.model.state import MemoryStore, Namespace, Position
-from schemas.records import SUSPENSE, Record
 
 ACCOUNTS = ("alice", "bob", "carol")
 IDS = tuple(f"x{i}" for i in range(6))

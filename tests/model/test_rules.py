@@ -5,9 +5,9 @@ from __future__ import annotations
 import msgspec
 import pytest
 
+from costtrace.contract.records import Record
 from costtrace.model.allocation import Status, apply_event, event_key
 from costtrace.model.state import MemoryStore
-from schemas.records import Record
 from tests.model.helpers import Ledger, consumed, ev, issued, refunded, transferred
 
 

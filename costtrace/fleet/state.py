@@ -1,0 +1,195 @@
+"""The model's per-account state on a faust table (RocksDB, with a changelog topic).
+
+One table holds every entry of every account on the partition, under
+`{namespace}{len(account)}:{account}{key}` (the length keeps accounts apart
+whatever characters their ids hold); values are compact msgpack.
+
+Atomic events on a non-transactional changelog: an event's writes are several
+table puts, and after a crash the changelog must never hold some of them
+without the others. Two ways, chosen per event:
+- Together. An event's writes are one group (`Table.put_all`), and the
+  allocator's outbox puts a group into a single Kafka record batch, which
+  the broker appends whole or not at all (`Outbox.add_together`). For a
+  group short enough to always fit one batch (`TableStore.together`) the
+  header is written alone.
+- With a redo log. A longer group (or any, where nothing is promised) may be
+  split across batches, so the account's header is written *first* and
+  carries the event's other writes (its redo log); the entries follow. Any
+  prefix of the writes is then either "event not applied" (header not there)
+  or "header there, entries maybe not". The first time a process loads an
+  account it writes the header's redo log again, which completes a cut-off
+  event; after that, writes from this process are in order, so once is
+  enough.
+Locally, a group is one RocksDB write batch either way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from rocksdict import WriteBatch, WriteOptions
+
+from costtrace._native import NativeStore
+from costtrace.model.state import HEADER_PREFIX as _HEADER_NS
+
+
+class Table(Protocol):
+    """What the store needs of the partition's table (bytes in, bytes out)."""
+
+    def get(self, key: bytes, default: Any = None) -> Any: ...
+
+    def put_all(self, writes: list[tuple[bytes, bytes]]) -> None:
+        """Write these in order, as one group: one RocksDB write batch, then their changelog records."""
+        ...
+
+
+_ABSENT: Any = object()
+
+
+class PartitionTable:
+    """The `Table` on RocksDB: the event's partition DB, with the changelog records of its writes queued.
+
+    Reads and writes go straight to the partition's RocksDB (faust's `Store`
+    adds a key index we do not need); `use(partition)` picks it per event, and
+    the allocator sends the `pending` groups to the changelog after each event.
+
+    What was read or written last is kept in memory too, per partition, up
+    to `kept` entries (then forgotten at once), so that an account's next
+    event reads none of it from RocksDB: a RocksDB read was about a tenth of
+    the allocator's time. Only this process writes a partition it is active
+    for; `forget()` after each rebalance, when recovery may have written.
+    """
+
+    def __init__(self, db_for_partition: Callable[[int], Any], kept: int = 100_000) -> None:
+        self._db_for_partition = db_for_partition
+        self.db: Any = None
+        self.pending: list[list[tuple[bytes, bytes]]] = []
+        self._kept_entries = kept
+        self._kept: dict[int, dict[bytes, bytes | None]] = {}
+        self._known: dict[bytes, bytes | None] = {}
+
+    def use(self, partition: int) -> None:
+        self.db = self._db_for_partition(partition)
+        known = self._kept.get(partition)
+        if known is None:
+            known = self._kept[partition] = {}
+        self._known = known
+
+    def forget(self) -> None:
+        self._kept.clear()
+        self._known = {}
+
+    def get(self, key: bytes, default: Any = None) -> Any:
+        known = self._known
+        value = known.get(key, _ABSENT)
+        if value is _ABSENT:
+            if len(known) >= self._kept_entries:
+                known.clear()
+            value = known[key] = self.db.get(key)
+        return default if value is None else value
+
+    def put_all(self, writes: list[tuple[bytes, bytes]]) -> None:
+        batch = WriteBatch(raw_mode=True)
+        known = self._known
+        if len(known) >= self._kept_entries:
+            known.clear()
+        for key, value in writes:
+            batch.put(key, value)
+            known[key] = value
+        self.db.write(batch)
+        self.pending.append(writes)
+
+
+def without_write_ahead_log(rocks: Any) -> None:
+    """Open every partition DB of faust's RocksDB store `rocks` with RocksDB's write-ahead log off.
+
+    The log buys nothing here and cost about a sixth of the allocator's own
+    per-event work (a file write per write batch). Without it, a process that
+    ends without closing a DB loses the writes since the last memtable flush,
+    all of them and nothing else: the DB is then a prefix of what was written,
+    and faust's persisted offset (written to the same DB, the same way) never
+    says more than the data under it, so recovery from the changelog completes
+    it. A kill empties the folder anyway (costtrace/fleet/lifecycle.py); a DB whose
+    handle is closed (faust drops them at a clean stop) is flushed first.
+    """
+    open_db = rocks._open_for_partition
+    options = WriteOptions()
+    options.disable_wal = True  # type: ignore[assignment]  # a property; the stub says a method
+
+    def _open_for_partition(partition: int) -> Any:
+        db = open_db(partition)
+        db.set_write_options(options)
+        return db
+
+    rocks._open_for_partition = _open_for_partition
+
+
+def account_of_key(key: bytes) -> str:
+    """The account a table key belongs to: `{namespace byte}{len}:{account}{rest}`."""
+    length, sep, rest = key[1:].partition(b":")
+    if not sep or not length.isdigit() or len(rest) < int(length):
+        raise ValueError(f"not a state key: {key!r}")
+    return rest[: int(length)].decode()
+
+
+class TableStore:
+    """`costtrace.model.state.Store` on a faust table; used inside a stream, one event at a time.
+
+    The native model reads the table through `table.get` and hands each
+    event's writes to `table.put_all` (native/src/store.rs does the header,
+    redo log and repair described above). `together(size, records)`: whether
+    the table's changelog takes a group of `records` writes of `size` key and
+    value bytes whole; by default none, and every header carries its redo log.
+    """
+
+    def __init__(self, table: Table, together: Callable[[int, int], bool] | None = None) -> None:
+        self.native = NativeStore.table(table, together or (lambda size, records: False))
+
+    def forget_repairs(self) -> None:
+        """After a rebalance, recovery may have restored another worker's cut-off event."""
+        self.native.forget_repairs()
+
+    @property
+    def created(self) -> int:
+        """Accounts whose first header this store wrote (for the accounts-held metric)."""
+        return self.native.created
+
+
+class PartitionDB(Protocol):
+    def keys(self, backwards: bool = False, from_key: bytes | None = None) -> Any: ...
+
+
+class AccountsHeld:
+    """How many accounts the partitions a worker holds have: each counted once, then kept up to date.
+
+    Counting reads every account header of a partition (a RocksDB prefix
+    scan), so it is done once per partition after each rebalance, not per
+    scrape; `created` adds the accounts this worker opens after that.
+    """
+
+    def __init__(self, store: Any) -> None:
+        self._store = store  # faust's RocksDB store: `_db_for_partition(p)`
+        self._counts: dict[int, int] = {}
+
+    def forget(self) -> None:
+        """After a rebalance another worker may have added accounts: count again."""
+        self._counts.clear()
+
+    def created(self, partition: int) -> None:
+        if partition in self._counts:
+            self._counts[partition] += 1
+
+    def count(self, partitions: set[int]) -> int:
+        for p in partitions - self._counts.keys():
+            self._counts[p] = count_headers(self._store._db_for_partition(p))
+        return sum(self._counts[p] for p in partitions)
+
+
+def count_headers(db: PartitionDB) -> int:
+    n = 0
+    for key in db.keys(from_key=_HEADER_NS):
+        if not key.startswith(_HEADER_NS):
+            break
+        n += 1
+    return n

@@ -1,0 +1,125 @@
+"""`costtrace demo`: the stack, the topics, a fleet, a simulated day, and finance's report."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from costtrace.contract.records import decode_record
+from costtrace.fleet.app import fleet_catalogue
+from costtrace.fleet.publish import publish
+from costtrace.model.order import fleet_order
+from costtrace.model.replay import replay
+from costtrace.model.report import Report, differences
+from costtrace.model.report import report as report_of
+from costtrace.ops.sample import encode_event, generate_events
+from dev.harness import prepare_run, report, wait_drained
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def stack_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The COSTTRACE_* connection settings of the local stack (`deploy/stack env`).
+
+    `environ`: deploy/stack's own settings (STACK_DIR, KAFKA_NODES, ...) for another stack.
+    """
+    out = subprocess.run(
+        [str(REPO / "deploy" / "stack"), "env"], env=environ, capture_output=True, text=True, check=True
+    )
+    return dict(line.split("=", 1) for line in out.stdout.split())
+
+
+def stack_up() -> dict[str, str]:
+    subprocess.run([str(REPO / "deploy" / "stack"), "up"], check=True, stdout=subprocess.DEVNULL)
+    return stack_env()
+
+
+def run(
+    n_events: int, accounts: int, seed: int, allocators: int, workdir: Path, say: Callable[[str], None]
+) -> None:
+    say("starting the stack (Kafka, PostgreSQL, Redis) on 127.0.0.1 ...")
+    env = stack_up()
+    name = f"demo{time.strftime('%Y%m%d%H%M%S')}"
+    run_ = prepare_run(env, name)
+    settings, dsn, cat = run_.settings, run_.dsn, fleet_catalogue(run_.settings)
+    say(f"run {name}: {len(cat.topics)} topics and database {name}; {allocators} allocator(s) and a sink")
+    worker_env = {**os.environ, **run_.env}
+    logs = workdir / name
+    logs.mkdir(parents=True, exist_ok=True)
+    procs = []
+    roles = [("allocator", i) for i in range(allocators)] + [("sink", 0)]
+    for n, (role, i) in enumerate(roles):
+        args = [sys.executable, "-m", "costtrace.cli", "worker", "--role", role]
+        if role == "allocator":
+            args += ["--state-dir", str(logs / f"state-{i}")]
+        out = (logs / f"{role}-{i}.log").open("ab")
+        port = str(settings.http_port + n)
+        env_n = {**worker_env, "COSTTRACE_HTTP_PORT": port}
+        procs.append(subprocess.Popen(args, env=env_n, stdout=out, stderr=subprocess.STDOUT))
+        say(f"  {role}-{i}: metrics on http://{settings.http_host}:{port}/metrics")
+    try:
+        lines = [encode_event(e) for e in generate_events(n_events, accounts, seed)]
+        say(f"publishing a simulated day: {len(lines):,} events over {accounts:,} accounts")
+        started = time.monotonic()
+        asyncio.run(publish(settings.kafka_bootstrap, cat, lines))
+
+        def alive() -> None:
+            for p in procs:
+                if p.poll() is not None:
+                    raise RuntimeError(f"a worker exited ({p.args!r}); logs in {logs}")
+
+        asyncio.run(
+            wait_drained(
+                settings.kafka_bootstrap, cat, settings.app_id, settings.sink_app_id, settings.partitions,
+                timeout=1800, check=alive,
+            )
+        )  # fmt: skip
+        elapsed = time.monotonic() - started
+        rep, _ = asyncio.run(report(dsn))
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            p.wait(timeout=60)
+    offline = offline_report(lines, settings.partitions)
+    say("")
+    say("the fleet (from PostgreSQL):")
+    for line in rep.lines():
+        say(f"  {line}")
+    say("")
+    say("offline replay of the same day, in the fleet's log order (no Kafka, no fleet):")
+    for line in offline.lines():
+        say(f"  {line}")
+    say("")
+    differ = differences(rep, offline)
+    if differ:
+        say("the fleet and the offline replay DIFFER:")
+        for line in differ:
+            say(f"  {line} (fleet against offline)")
+    else:
+        say("the fleet's report and the offline replay's match, budget by budget, debt and rejections")
+    say("")
+    rate = len(lines) / elapsed
+    say(f"throughput: {len(lines):,} events in {elapsed:.1f} s from first send to last committed row")
+    say(f"  = {rate:,.0f} events/s, including the workers' start-up and first rebalance")
+    say("the day is published as a relaying producer does, each record stamped with its event's time,")
+    say("so its latency is not measured here: `python -m bench.fleet_bench` measures it on live traffic")
+    say(f"records: {rep.records:,} rows in PostgreSQL database {name} ({dsn})")
+    say(f"worker logs: {logs}")
+    say("stop the stack with: deploy/stack down")
+    if differ:
+        raise SystemExit(1)
+
+
+def offline_report(lines: list[bytes], partitions: int) -> Report:
+    """Replay of `lines` as the fleet orders them once published (`costtrace.model.order.fleet_order`)."""
+    out = io.BytesIO()
+    replay(fleet_order(lines, partitions), out)
+    return report_of(decode_record(line) for line in out.getvalue().splitlines())

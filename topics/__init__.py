@@ -1,1 +1,0 @@
-"""The one catalogue of costtrace's Kafka topics."""
