@@ -37,8 +37,8 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer
 
 from bench import pg_allocator
-from costtrace.fleet.app import fleet_catalogue
 from costtrace.fleet.publish import publish
+from costtrace.fleet.settings import fleet_catalogue
 from costtrace.ops.sample import encode_event, generate_events
 from dev.demo import stack_up
 from dev.harness import prepare_run, wait_drained

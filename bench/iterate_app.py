@@ -12,8 +12,9 @@ from typing import Any
 
 import faust
 
-from costtrace.fleet.app import RAW, _base_config, fleet_catalogue, run_worker
-from costtrace.fleet.settings import Settings
+from costtrace.fleet.app import _base_config
+from costtrace.fleet.internals import RAW, run_worker
+from costtrace.fleet.settings import Settings, fleet_catalogue
 
 
 def main() -> None:

@@ -179,7 +179,7 @@ def _replay_topics(output: str, node: str | None) -> None:
 
     import msgspec
 
-    from costtrace.fleet.app import fleet_catalogue
+    from costtrace.fleet.settings import fleet_catalogue
     from costtrace.ops.audit import TruncatedLog, read_inputs, rejection_in, replay_records
 
     settings = _settings()
@@ -226,7 +226,7 @@ def audit(as_json: bool, limit: int, node: str | None) -> None:
     import dataclasses
     import json
 
-    from costtrace.fleet.app import fleet_catalogue
+    from costtrace.fleet.settings import fleet_catalogue
     from costtrace.ops.audit import TruncatedLog
     from costtrace.ops.audit import audit as run_audit
 
@@ -354,7 +354,7 @@ def topics_list(as_json: bool) -> None:
     import dataclasses
     import json
 
-    from costtrace.fleet.app import fleet_catalogue
+    from costtrace.fleet.settings import fleet_catalogue
 
     cat = fleet_catalogue(_settings())
     if as_json:
@@ -371,7 +371,7 @@ def topics_create() -> None:
     """Create missing topics (idempotent), then check them all."""
     import asyncio
 
-    from costtrace.fleet.app import fleet_catalogue
+    from costtrace.fleet.settings import fleet_catalogue
     from costtrace.ops.topics import create
 
     settings = _settings()
@@ -384,7 +384,7 @@ def topics_check() -> None:
     """Exit non-zero if a topic is missing or co-partitioned topics disagree."""
     import asyncio
 
-    from costtrace.fleet.app import fleet_catalogue
+    from costtrace.fleet.settings import fleet_catalogue
     from costtrace.ops.topics import check
 
     settings = _settings()
@@ -433,9 +433,11 @@ def worker(role: str, state_dir: str | None, loglevel: str | None) -> None:
     import asyncio
     from pathlib import Path
 
-    from costtrace.fleet.app import allocator_app, fleet_catalogue, run_worker
+    from costtrace.fleet.app import allocator_app
     from costtrace.fleet.codecs import MissingCodecs, require_codecs
+    from costtrace.fleet.internals import run_worker
     from costtrace.fleet.lifecycle import mark_clean_exit, prepare_state_dir
+    from costtrace.fleet.settings import fleet_catalogue
     from costtrace.ops.topics import check
 
     settings = _settings(state_dir=Path(state_dir) if state_dir else None)
@@ -483,8 +485,8 @@ def simulate(n_events: int, accounts: int, seed: int, rate: float | None, from_f
     """Publish realistic traffic to the input topics, as producers would."""
     import asyncio
 
-    from costtrace.fleet.app import fleet_catalogue
     from costtrace.fleet.publish import publish
+    from costtrace.fleet.settings import fleet_catalogue
     from costtrace.ops.sample import encode_event, generate_events
 
     settings = _settings()
@@ -1001,7 +1003,7 @@ def archive_cmd(before: str | None, refund_window: str | None, chunk: int) -> No
 
     from tqdm import tqdm
 
-    from costtrace.fleet.app import fleet_catalogue
+    from costtrace.fleet.settings import fleet_catalogue
     from costtrace.ops.archive import ArchiveMismatch, archive
     from costtrace.ops.dlq import parse_age
 

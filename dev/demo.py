@@ -13,8 +13,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from costtrace.contract.records import decode_record
-from costtrace.fleet.app import fleet_catalogue
 from costtrace.fleet.publish import publish
+from costtrace.fleet.settings import fleet_catalogue
 from costtrace.model.order import fleet_order
 from costtrace.model.replay import replay
 from costtrace.model.report import Report, differences

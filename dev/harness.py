@@ -17,8 +17,7 @@ from aiokafka.errors import KafkaError
 from pydantic import SecretStr
 
 from costtrace.contract.topics import Catalogue
-from costtrace.fleet.app import fleet_catalogue
-from costtrace.fleet.settings import Settings
+from costtrace.fleet.settings import Settings, fleet_catalogue
 from costtrace.model.report import BudgetLine, Report
 from costtrace.ops.topics import create
 from costtrace.storage.db import migrate

@@ -35,8 +35,9 @@ import msgspec
 from costtrace.contract.letters import OMITTED, DeadLetter, resend_headers
 from costtrace.contract.topics import retry_topic
 from costtrace.fleet.allocator import LATE_EVENT
-from costtrace.fleet.app import RAW, _base_config, fleet_catalogue, guard_consumer, observe, without_monitor
-from costtrace.fleet.settings import Settings
+from costtrace.fleet.app import _base_config, observe
+from costtrace.fleet.internals import RAW, install
+from costtrace.fleet.settings import Settings, fleet_catalogue
 from costtrace.model.state import Position
 from costtrace.ops.dlq import Filter
 from costtrace.ops.dlq import replay as redrive
@@ -146,8 +147,7 @@ def compensator_app(
 ) -> faust.App:
     cat = fleet_catalogue(settings)
     app = faust.App(**_base_config(settings, settings.compensator_app_id), store="memory://")
-    guard_consumer(app, settings.fetch_min_bytes, settings.fetch_max_wait)
-    without_monitor(app)
+    install(app, fetch_min_bytes=settings.fetch_min_bytes, fetch_max_wait=settings.fetch_max_wait)
     db = Database(settings.postgres_dsn.get_secret_value())
     policy = RetryPolicy.of(settings)
     tiers = [retry_topic(settings.topic_prefix, t) for t in range(len(settings.retry_delays))]

@@ -7,6 +7,8 @@ from pathlib import Path
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from costtrace.contract.topics import Catalogue, catalogue
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="COSTTRACE_", frozen=True)
@@ -61,3 +63,8 @@ class Settings(BaseSettings):
     # /metrics, /livez and /readyz (costtrace.fleet.metrics); in a container: 0.0.0.0
     http_host: str = "127.0.0.1"
     http_port: int = 9400
+
+
+def fleet_catalogue(settings: Settings) -> Catalogue:
+    """The fleet's topics under these settings."""
+    return catalogue(settings.topic_prefix, settings.partitions, settings.app_id, len(settings.retry_delays))

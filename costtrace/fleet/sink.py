@@ -32,9 +32,8 @@ from aiokafka.structs import OffsetAndMetadata
 
 from costtrace.contract.letters import DeadLetter, printable
 from costtrace.contract.records import Record
-from costtrace.fleet.app import fleet_catalogue
 from costtrace.fleet.metrics import Health, Metrics, lag_of, serve
-from costtrace.fleet.settings import Settings
+from costtrace.fleet.settings import Settings, fleet_catalogue
 from costtrace.storage.db import DEAD_LETTER_COLUMNS, Database, RowsRefused
 
 log = logging.getLogger(__name__)

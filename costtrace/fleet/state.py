@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from rocksdict import WriteBatch, WriteOptions
+from rocksdict import WriteBatch
 
 from costtrace._native import NativeStore
 from costtrace.model.state import HEADER_PREFIX as _HEADER_NS
@@ -101,30 +101,6 @@ class PartitionTable:
         self.pending.append(writes)
 
 
-def without_write_ahead_log(rocks: Any) -> None:
-    """Open every partition DB of faust's RocksDB store `rocks` with RocksDB's write-ahead log off.
-
-    The log buys nothing here and cost about a sixth of the allocator's own
-    per-event work (a file write per write batch). Without it, a process that
-    ends without closing a DB loses the writes since the last memtable flush,
-    all of them and nothing else: the DB is then a prefix of what was written,
-    and faust's persisted offset (written to the same DB, the same way) never
-    says more than the data under it, so recovery from the changelog completes
-    it. A kill empties the folder anyway (costtrace/fleet/lifecycle.py); a DB whose
-    handle is closed (faust drops them at a clean stop) is flushed first.
-    """
-    open_db = rocks._open_for_partition
-    options = WriteOptions()
-    options.disable_wal = True  # type: ignore[assignment]  # a property; the stub says a method
-
-    def _open_for_partition(partition: int) -> Any:
-        db = open_db(partition)
-        db.set_write_options(options)
-        return db
-
-    rocks._open_for_partition = _open_for_partition
-
-
 def account_of_key(key: bytes) -> str:
     """The account a table key belongs to: `{namespace byte}{len}:{account}{rest}`."""
     length, sep, rest = key[1:].partition(b":")
@@ -168,8 +144,8 @@ class AccountsHeld:
     scrape; `created` adds the accounts this worker opens after that.
     """
 
-    def __init__(self, store: Any) -> None:
-        self._store = store  # faust's RocksDB store: `_db_for_partition(p)`
+    def __init__(self, db_for_partition: Callable[[int], PartitionDB] | None) -> None:
+        self._db_for_partition = db_for_partition
         self._counts: dict[int, int] = {}
 
     def forget(self) -> None:
@@ -181,8 +157,10 @@ class AccountsHeld:
             self._counts[partition] += 1
 
     def count(self, partitions: set[int]) -> int:
+        if self._db_for_partition is None:
+            return 0
         for p in partitions - self._counts.keys():
-            self._counts[p] = count_headers(self._store._db_for_partition(p))
+            self._counts[p] = count_headers(self._db_for_partition(p))
         return sum(self._counts[p] for p in partitions)
 
 

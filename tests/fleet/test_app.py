@@ -16,7 +16,7 @@ from mode import Service
 from mode.services import WaitResults
 from mode.utils.queues import FlowControlEvent, ThrowableQueue
 
-from costtrace.fleet.app import ConsumerGuards, Hold, StreamRoom, fast_hand_over
+from costtrace.fleet.internals import ConsumerGuards, Hold, StreamRoom, fast_hand_over
 from costtrace.fleet.merge import LogMerge
 
 STREAM, OTHER, CHANGELOG = TP("p.issued", 0), TP("p.issued", 1), TP("app-state-changelog", 0)

@@ -392,9 +392,7 @@ def test_any_arrival_interleaving_gives_each_account_the_offline_order(
         before, where nothing moved them); on a tick, every partition's."""
         m = merges[w]
         released = m.release(0.0, partition)
-        if (
-            released and m.announcements
-        ):  # before any credit of a transfer read so far (fleet/app.py)
+        if released and m.announcements:  # before any credit of a transfer read so far (fleet/app.py)
             announce(m)
         for h in released:
             msg: Any = h.message

@@ -14,9 +14,8 @@ from aiokafka.errors import CommitFailedError
 
 from costtrace.contract.letters import INLINE_PAYLOAD_MAX
 from costtrace.fleet.allocator import Allocator, Message
-from costtrace.fleet.app import fleet_catalogue
 from costtrace.fleet.metrics import Metrics
-from costtrace.fleet.settings import Settings
+from costtrace.fleet.settings import Settings, fleet_catalogue
 from costtrace.fleet.sink import Sink, dead_letter_row
 from costtrace.model.state import MemoryStore
 from costtrace.storage.db import RowsRefused

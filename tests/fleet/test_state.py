@@ -146,7 +146,8 @@ def test_every_state_key_names_its_account() -> None:
 _WRITER = """
 import gc, os, sys
 from rocksdict import Options, Rdict
-from costtrace.fleet.state import PartitionTable, without_write_ahead_log
+from costtrace.fleet.internals import without_write_ahead_log
+from costtrace.fleet.state import PartitionTable
 
 class Rocks:  # faust's RocksDB store, as far as the wrapper goes
     def _open_for_partition(self, partition):

@@ -17,9 +17,8 @@ import asyncpg
 import msgspec
 
 from costtrace.contract.topics import Catalogue
-from costtrace.fleet.app import fleet_catalogue
 from costtrace.fleet.publish import publish
-from costtrace.fleet.settings import Settings
+from costtrace.fleet.settings import Settings, fleet_catalogue
 from costtrace.model.order import fleet_order
 from dev.demo import stack_env
 from dev.harness import prepare_run, wait_drained

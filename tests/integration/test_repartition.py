@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from costtrace.fleet.app import fleet_catalogue
+from costtrace.fleet.settings import fleet_catalogue
 from costtrace.ops.repartition import partition_of
 from tests.integration.fleet import Fleet, phases
 from tests.integration.test_equivalence import sample
