@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml constraints.txt
 	rm -f $(VENV)/.installed-* && touch $@
 
 demo: setup
-	$(BIN)/costtrace demo
+	$(BIN)/python -m dev.demo
 
 lint: setup
 	$(BIN)/ruff check .

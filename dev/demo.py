@@ -1,4 +1,7 @@
-"""`costtrace demo`: the stack, the topics, a fleet, a simulated day, and finance's report."""
+"""`make demo` (`python -m dev.demo`): the stack, the topics, a fleet, a simulated day, and finance's report.
+
+A developer's harness, run from a checkout (it starts deploy/stack): not in the wheel.
+"""
 
 from __future__ import annotations
 
@@ -12,14 +15,16 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+import click
+
 from costtrace.contract.records import decode_record
 from costtrace.fleet.publish import publish
-from costtrace.fleet.settings import fleet_catalogue
+from costtrace.fleet.settings import Settings, fleet_catalogue
 from costtrace.model.order import fleet_order
 from costtrace.model.replay import replay
 from costtrace.model.report import Report, differences
 from costtrace.model.report import report as report_of
-from costtrace.ops.sample import encode_event, generate_events
+from costtrace.ops.sample import encode_event, generate_events, write_log
 from dev.harness import prepare_run, report, wait_drained
 
 REPO = Path(__file__).resolve().parents[1]
@@ -123,3 +128,51 @@ def offline_report(lines: list[bytes], partitions: int) -> Report:
     out = io.BytesIO()
     replay(fleet_order(lines, partitions), out)
     return report_of(decode_record(line) for line in out.getvalue().splitlines())
+
+
+@click.command()
+@click.option(
+    "-n", "--events", "n_events", default=50_000, show_default=True, help="Events in the simulated day."
+)
+@click.option("--accounts", default=5_000, show_default=True)
+@click.option("--seed", default=1, show_default=True)
+@click.option("--allocators", default=2, show_default=True, help="Allocator processes in the fleet.")
+@click.option("--offline", is_flag=True, help="Replay the simulated day instead of running the fleet.")
+@click.option("--workdir", default="out/demo", show_default=True, type=click.Path(file_okay=False))
+def main(n_events: int, accounts: int, seed: int, allocators: int, offline: bool, workdir: str) -> None:
+    """The main job: a simulated day of traffic through the fleet, and finance's report.
+
+    Starts the local stack (deploy/stack up), creates the topics and the
+    schema, runs the allocators and a sink, publishes the day (each record
+    stamped with its event's time, as an outbox relay does), waits until
+    every record is in PostgreSQL, and reports per budget from there, beside
+    the offline replay of the same day in the fleet's log order; they must
+    match (exit 1 if not). --offline replays the same day without the fleet.
+    """
+    root = Path(workdir)
+    root.mkdir(parents=True, exist_ok=True)
+    if not offline:
+        run(n_events, accounts, seed, allocators, root, click.echo)
+        return
+
+    events, records = root / "events.jsonl", root / "records.jsonl"
+    click.echo(f"generating {n_events:,} events over {accounts:,} accounts -> {events}")
+    write_log(str(events), n_events, accounts, seed)
+    partitions = Settings().partitions
+    click.echo(f"replaying them in the order the fleet applies them once published ({partitions} partitions)")
+    started = time.perf_counter()
+    with events.open("rb") as src, records.open("wb") as dst:
+        summary = replay(fleet_order(src.read().splitlines(), partitions), dst)
+    elapsed = time.perf_counter() - started
+    click.echo(f"replayed into {records} in {elapsed:.1f} s ({summary.events / elapsed:,.0f} events/s)")
+    for line in summary.lines():
+        click.echo(f"  {line}")
+    with records.open("rb") as f:
+        rep = report_of(decode_record(line) for line in f)
+    click.echo("")
+    for line in rep.lines():
+        click.echo(line)
+
+
+if __name__ == "__main__":
+    main()

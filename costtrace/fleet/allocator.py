@@ -291,7 +291,7 @@ class Allocator:
 class StopOnSendError:
     """A failed send stops the process at once.
 
-    faust logs a failed produce and commits anyway (faust-notes §3); an offset
+    faust logs a failed produce and commits anyway (docs/faust.md §3); an offset
     committed past a lost record would lose it. Exiting from the outbox's
     hand-over callback runs before the commit's flush returns, so the input
     is read again after the restart and the model gives the outputs back.

@@ -1,6 +1,6 @@
 """An allocator's RocksDB folder is trusted only after a clean exit.
 
-After a kill, local RocksDB can be ahead of the changelog (faust-notes §2),
+After a kill, local RocksDB can be ahead of the changelog (docs/faust.md §2),
 and faust's recovery would then mix newer local entries with older changelog
 values. So an allocator that did not exit cleanly starts from an empty
 folder and restores its partitions from the changelog, which is consistent

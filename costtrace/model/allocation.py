@@ -1,4 +1,4 @@
-"""The cost-tracing rules of `cost-tracing.md`, applied one event at a time.
+"""The cost-tracing rules of the contract (docs/contract.md), applied one event at a time.
 
 The rules themselves are native (native/src/model.rs, built into
 `costtrace._native`): one implementation, which offline replay and the fleet's

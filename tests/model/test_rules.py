@@ -1,4 +1,4 @@
-"""Every rule of cost-tracing.md, with hand-worked expectations."""
+"""Every rule of the contract (docs/contract.md), with hand-worked expectations."""
 
 from __future__ import annotations
 

@@ -1,345 +1,16 @@
-"""The `costtrace` command line: thin entry points that parse, call, and print."""
+"""Operators' commands: the workers, topics, schema, dead letters, ledger, switch, migration, archive."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import logging
-import os
 import sys
-import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
-from typing import Any, BinaryIO
+from typing import Any
 
 import click
 
-
-def down(service: str, exc: BaseException) -> str:
-    """One line: which service did not answer, and the first line of what its client said."""
-    first = (str(exc).strip().splitlines() or [""])[0]
-    return f"{service} unavailable ({type(exc).__name__}: {first})"
-
-
-def unavailable(exc: BaseException) -> str | None:
-    """What an operator needs of an error that is no bug: a service down, a bad setting, no schema.
-
-    One line, naming the service or the setting; None for anything else (a
-    bug keeps its traceback).
-    """
-    first = (str(exc).strip().splitlines() or [""])[0]
-    name = type(exc).__name__
-    module = type(exc).__module__
-    if name == "ValidationError" and module.startswith("pydantic"):
-        wrong = "; ".join(
-            f"COSTTRACE_{'_'.join(map(str, e['loc'])).upper()}={e.get('input')!r}: {e['msg']}"
-            for e in exc.errors()  # type: ignore[attr-defined]
-        )
-        return f"invalid setting: {wrong}"
-    if module.startswith("aiokafka"):
-        return down("Kafka", exc)
-    if module.startswith("redis"):
-        return down("Redis", exc)
-    if name in ("UndefinedTableError", "UndefinedFunctionError") and module.startswith("asyncpg"):
-        return f"PostgreSQL has no costtrace schema here ({first}): run `costtrace db migrate`"
-    if module.startswith(("asyncpg", "psycopg", "sqlalchemy")) and (
-        "connect" in name.lower() or name in ("OperationalError", "InvalidCatalogNameError")
-    ):
-        return down("PostgreSQL", exc)
-    local = FileNotFoundError | PermissionError | IsADirectoryError | NotADirectoryError | FileExistsError
-    if isinstance(exc, OSError) and not isinstance(exc, local):
-        return f"a service is unreachable ({name}: {first})"
-    return None
-
-
-class _Main(click.Group):
-    """Operator commands: a service down or a bad setting gives one line and exit 1, not a traceback."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except Exception as exc:
-            if isinstance(exc, click.ClickException | click.exceptions.Exit | click.exceptions.Abort):
-                raise
-            message = unavailable(exc)
-            if message is None:
-                raise
-            raise click.ClickException(message) from exc
-
-
-@click.group(cls=_Main)
-@click.pass_context
-def main(ctx: click.Context) -> None:
-    """costtrace: trace every coin spent back to the budgets that paid for it."""
-    if ctx.invoked_subcommand not in ("worker", "demo"):
-        # aiokafka logs each failed connection too; the command's one line says it (a worker keeps them)
-        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-
-
-def _open_in(stack: ExitStack, path: str) -> BinaryIO:
-    if path == "-":
-        return sys.stdin.buffer
-    return stack.enter_context(open(path, "rb"))
-
-
-def _open_out(stack: ExitStack, path: str) -> BinaryIO:
-    if path == "-":
-        return sys.stdout.buffer
-    return stack.enter_context(open(path, "wb", buffering=1 << 20))
-
-
-@main.command()
-@click.argument("events", type=click.Path(allow_dash=True, dir_okay=False), required=False)
-@click.option(
-    "-o",
-    "--output",
-    default="-",
-    show_default=True,
-    type=click.Path(allow_dash=True, dir_okay=False),
-    help="Where to write the records, one JSON object per line.",
-)
-@click.option(
-    "--progress/--no-progress",
-    default=None,
-    help="Show a progress bar (default: when stderr is a terminal and EVENTS is a file).",
-)
-@click.option(
-    "--from-topics",
-    is_flag=True,
-    help="Replay the fleet's retained input topics (COSTTRACE_* settings) in the fleet's log order "
-    "instead of a file: the records the fleet must have written.",
-)
-@click.option(
-    "--node",
-    metavar="T",
-    help="With --from-topics: the fleet's historical node (`switch on --node T`): events at or before "
-    "T are skipped, as the fleet skips them.",
-)
-def replay(
-    events: str | None, output: str, progress: bool | None, from_topics: bool, node: str | None
-) -> None:
-    """Apply an event log (JSON lines) in order and write every allocation record.
-
-    Use '-' for standard input or output. A summary goes to standard error.
-    With --from-topics, the log is the fleet's input topics, merged in the
-    fleet's log order (docs/semantics.md, "Log order").
-    """
-    if from_topics:
-        if events is not None:
-            raise click.UsageError("give EVENTS or --from-topics, not both")
-        _replay_topics(output, _node(node))
-        return
-    if node is not None:
-        raise click.UsageError("--node goes with --from-topics")
-    if events is None:
-        raise click.UsageError("missing EVENTS (a file, or '-' for standard input), or --from-topics")
-    from costtrace.model.replay import replay as run_replay
-    from costtrace.model.state import MemoryStore
-
-    with ExitStack() as stack:
-        src = _open_in(stack, events)
-        dst = _open_out(stack, output)
-        if progress is None:
-            progress = events != "-" and sys.stderr.isatty()
-        lines: Iterator[bytes] | BinaryIO = src
-        on_line = None
-        if progress and events != "-":
-            from tqdm import tqdm
-
-            bar = stack.enter_context(
-                tqdm(total=os.path.getsize(events), unit="B", unit_scale=True, file=sys.stderr, desc="replay")
-            )
-            on_line = bar.update
-        started = time.perf_counter()
-        store = MemoryStore()  # held to the end: see _exit_without_freeing
-        summary = run_replay(lines, dst, store, on_line=on_line)
-        dst.flush()
-        elapsed = time.perf_counter() - started
-    for line in summary.lines():
-        click.echo(line, err=True)
-    rate = summary.events / elapsed if elapsed > 0 else 0.0
-    click.echo(f"elapsed: {elapsed:.2f} s ({rate:,.0f} events/s)", err=True)
-    _exit_without_freeing()
-
-
-def _node(node: str | None) -> str | None:
-    """A node as the switch keeps it (any RFC 3339 spelling of the instant), or a usage error."""
-    if node is None:
-        return None
-    from costtrace.ops.migrate import canonical_instant
-
-    try:
-        return canonical_instant(node)
-    except ValueError as exc:
-        raise click.BadParameter(f"not an RFC 3339 instant: {node!r}", param_hint="--node") from exc
-
-
-def _replay_topics(output: str, node: str | None) -> None:
-    import asyncio
-
-    import msgspec
-
-    from costtrace.fleet.settings import fleet_catalogue
-    from costtrace.ops.audit import TruncatedLog, read_inputs, rejection_in, replay_records
-
-    settings = _settings()
-    cat = fleet_catalogue(settings)
-    try:
-        records = asyncio.run(read_inputs(settings.kafka_bootstrap, cat, settings.partitions))
-    except TruncatedLog as exc:
-        raise click.ClickException(f"cannot replay the topics: {exc}") from exc
-    counts: dict[str, int] = {}
-    with ExitStack() as stack:
-        dst = _open_out(stack, output)
-        for topic, value in replay_records(cat, settings.partitions, records, node):
-            if topic == cat.allocations:
-                dst.write(value + b"\n")
-                counts["records"] = counts.get("records", 0) + 1
-            elif topic == cat.dead_letters and (letter := rejection_in(value)) is not None:
-                rejection = {k: getattr(letter, k) for k in ("event_id", "kind", "account_id", "reason")}
-                dst.write(msgspec.json.encode(rejection) + b"\n")
-                counts["rejections"] = counts.get("rejections", 0) + 1
-        dst.flush()
-    click.echo(f"events: {len(records)}", err=True)
-    for name, n in counts.items():
-        click.echo(f"{name}: {n}", err=True)
-
-
-@main.command()
-@click.option("--json", "as_json", is_flag=True, help="every finding as JSON, for tools")
-@click.option("--limit", default=10, show_default=True, help="accounts shown in the summary")
-@click.option(
-    "--node",
-    metavar="T",
-    help="The fleet's historical node (`switch on --node T`): events at or before T are skipped, as "
-    "the fleet skips them.",
-)
-def audit(as_json: bool, limit: int, node: str | None) -> None:
-    """Compare PostgreSQL with replay of the topics, account by account; exit 1 on any difference.
-
-    Replays the fleet's retained input topics in its log order and checks
-    that PostgreSQL holds exactly those records (hot and archived) and
-    rejections. Needs input topics still whole (retention has deleted none).
-    A fleet switched on at a historical node is audited with --node T.
-    """
-    import asyncio
-    import dataclasses
-    import json
-
-    from costtrace.fleet.settings import fleet_catalogue
-    from costtrace.ops.audit import TruncatedLog
-    from costtrace.ops.audit import audit as run_audit
-
-    settings = _settings()
-    try:
-        result = asyncio.run(
-            run_audit(
-                settings.kafka_bootstrap, settings.postgres_dsn.get_secret_value(), fleet_catalogue(settings),
-                settings.partitions, _node(node),
-            )
-        )  # fmt: skip
-    except TruncatedLog as exc:
-        raise click.ClickException(f"cannot audit: {exc}") from exc
-    if as_json:
-        click.echo(json.dumps({"ok": result.ok, **dataclasses.asdict(result)}, default=str))
-    else:
-        for line in result.summary(limit):
-            click.echo(line)
-    sys.exit(0 if result.ok else 1)
-
-
-def _exit_without_freeing() -> None:
-    """End the process now that everything is written, leaving the replay's state to the OS.
-
-    Freeing the state (millions of small strings and maps, in the native
-    model) one by one takes about 2% of a replay's instructions (it was a
-    twelfth when the state was Python objects; mypy ends the same way, for
-    the same reason). Only for a command's last step: nothing after it runs,
-    atexit handlers included.
-    """
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
-
-
-@main.command()
-@click.option("-n", "--events", "n_events", default=200_000, show_default=True)
-@click.option("--accounts", default=20_000, show_default=True)
-@click.option("--seed", default=1, show_default=True)
-@click.option(
-    "-o", "--output", default="-", show_default=True, type=click.Path(allow_dash=True, dir_okay=False)
-)
-def sample(n_events: int, accounts: int, seed: int, output: str) -> None:
-    """Write a generated, realistic event log (deterministic for a seed)."""
-    from costtrace.ops.sample import encode_event, generate_events
-
-    with ExitStack() as stack:
-        dst = _open_out(stack, output)
-        for ev in generate_events(n_events, accounts, seed):
-            dst.write(encode_event(ev) + b"\n")
-
-
-@main.command()
-@click.option(
-    "-n", "--events", "n_events", default=50_000, show_default=True, help="Events in the simulated day."
-)
-@click.option("--accounts", default=5_000, show_default=True)
-@click.option("--seed", default=1, show_default=True)
-@click.option("--allocators", default=2, show_default=True, help="Allocator processes in the fleet.")
-@click.option("--offline", is_flag=True, help="Replay the simulated day instead of running the fleet.")
-@click.option("--workdir", default="out/demo", show_default=True, type=click.Path(file_okay=False))
-def demo(n_events: int, accounts: int, seed: int, allocators: int, offline: bool, workdir: str) -> None:
-    """The main job: a simulated day of traffic through the fleet, and finance's report.
-
-    Starts the local stack (deploy/stack up), creates the topics and the
-    schema, runs the allocators and a sink, publishes the day (each record
-    stamped with its event's time, as an outbox relay does), waits until
-    every record is in PostgreSQL, and reports per budget from there, beside
-    the offline replay of the same day in the fleet's log order; they must
-    match (exit 1 if not). --offline replays the same day without the fleet.
-    """
-    from pathlib import Path
-
-    root = Path(workdir)
-    root.mkdir(parents=True, exist_ok=True)
-    if not offline:
-        from dev.demo import run
-
-        run(n_events, accounts, seed, allocators, root, click.echo)
-        return
-
-    from costtrace.contract.records import decode_record
-    from costtrace.model.order import fleet_order
-    from costtrace.model.replay import replay as run_replay
-    from costtrace.model.report import report
-    from costtrace.ops.sample import write_log
-
-    events, records = root / "events.jsonl", root / "records.jsonl"
-    click.echo(f"generating {n_events:,} events over {accounts:,} accounts -> {events}")
-    write_log(str(events), n_events, accounts, seed)
-    partitions = _settings().partitions
-    click.echo(f"replaying them in the order the fleet applies them once published ({partitions} partitions)")
-    started = time.perf_counter()
-    with events.open("rb") as src, records.open("wb") as dst:
-        summary = run_replay(fleet_order(src.read().splitlines(), partitions), dst)
-    elapsed = time.perf_counter() - started
-    click.echo(f"replayed into {records} in {elapsed:.1f} s ({summary.events / elapsed:,.0f} events/s)")
-    for line in summary.lines():
-        click.echo(f"  {line}")
-    with records.open("rb") as f:
-        rep = report(decode_record(line) for line in f)
-    click.echo("")
-    for line in rep.lines():
-        click.echo(line)
-
-
-# -- the fleet --------------------------------------------------------------------
-
-
-def _settings(**overrides: Any) -> Any:
-    from costtrace.fleet.settings import Settings
-
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+from costtrace.cli.main import _settings, down, main
 
 
 @main.group()
@@ -470,88 +141,6 @@ def worker(role: str, state_dir: str | None, loglevel: str | None) -> None:
     sys.exit(code)
 
 
-@main.command()
-@click.option("-n", "--events", "n_events", default=200_000, show_default=True)
-@click.option("--accounts", default=20_000, show_default=True)
-@click.option("--seed", default=1, show_default=True)
-@click.option("--rate", type=float, default=None, help="Events per second (default: as fast as possible).")
-@click.option(
-    "--from-file",
-    type=click.Path(exists=True, dir_okay=False),
-    default=None,
-    help="Publish this event log instead of generating one.",
-)
-def simulate(n_events: int, accounts: int, seed: int, rate: float | None, from_file: str | None) -> None:
-    """Publish realistic traffic to the input topics, as producers would."""
-    import asyncio
-
-    from costtrace.fleet.publish import publish
-    from costtrace.fleet.settings import fleet_catalogue
-    from costtrace.ops.sample import encode_event, generate_events
-
-    settings = _settings()
-    if from_file:
-        with open(from_file, "rb") as f:
-            lines = [line.rstrip(b"\n") for line in f if line.strip()]
-    else:
-        lines = [encode_event(e) for e in generate_events(n_events, accounts, seed)]
-    started = time.perf_counter()
-    sent = asyncio.run(publish(settings.kafka_bootstrap, fleet_catalogue(settings), lines, rate))
-    elapsed = time.perf_counter() - started
-    click.echo(f"published {sent:,} events in {elapsed:.1f} s ({sent / max(elapsed, 1e-9):,.0f}/s)")
-
-
-@main.command()
-@click.option(
-    "-o", "--output", default="-", show_default=True, type=click.Path(allow_dash=True, dir_okay=False)
-)
-def export(output: str) -> None:
-    """Write the records persisted in PostgreSQL, each account's in replay's order."""
-    import asyncio
-
-    import msgspec
-
-    from costtrace.contract.records import Record
-    from costtrace.storage.db import iter_records
-
-    dsn = _settings().postgres_dsn.get_secret_value()
-    encoder = msgspec.json.Encoder()
-
-    async def run(dst: BinaryIO) -> int:
-        n = 0
-        async for row in iter_records(dsn):
-            dst.write(encoder.encode(Record(*row)) + b"\n")
-            n += 1
-        return n
-
-    if output == "-":
-        n = asyncio.run(run(sys.stdout.buffer))
-    else:  # written whole or not at all: a file is in place only once every record is in it
-        partial = f"{output}.partial"
-        try:
-            with open(partial, "wb") as dst:
-                n = asyncio.run(run(dst))
-            os.replace(partial, output)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(partial)
-    click.echo(f"exported {n:,} records", err=True)
-
-
-@main.group()
-def schemas() -> None:
-    """The machine-readable event and record schemas under costtrace/contract/v1."""
-
-
-@schemas.command("write")
-def schemas_write() -> None:
-    """Regenerate costtrace/contract/v1/*.schema.json from the Python types."""
-    from costtrace.contract.jsonschema import write_all
-
-    for path in write_all():
-        click.echo(path)
-
-
 @main.group()
 def dlq() -> None:
     """Parked dead letters: list, show, replay, discard (filters: reason, account, age)."""
@@ -573,11 +162,13 @@ def _letters(changes: bool) -> Callable[[Callable[..., None]], Callable[..., Non
                 raise click.UsageError("name the letters: ORIGINS, or at least one filter")
             from costtrace.ops.dlq import Filter, parse_age
 
-            try:
-                older_than = parse_age(older) if older else None
-                newer_than = parse_age(newer) if newer else None
-            except ValueError as exc:
-                raise click.BadParameter(str(exc)) from exc
+            ages: dict[str, Any] = {}
+            for hint, age in (("--older-than", older), ("--newer-than", newer)):
+                try:
+                    ages[hint] = parse_age(age) if age else None
+                except ValueError as exc:
+                    raise click.BadParameter(str(exc), param_hint=hint) from exc
+            older_than, newer_than = ages["--older-than"], ages["--newer-than"]
             selected = Filter(
                 origins, reason, account, older_than, newer_than, None if status == "any" else status
             )
@@ -907,6 +498,9 @@ def migrate_cmd(as_of: str, balances: str, budget: str, rate: float | None) -> N
 
     try:
         node = canonical_instant(as_of)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--as-of") from exc
+    try:
         rows = parse_ledger(balances, Path(balances).read_text())
         plain = [(account, amount) for account, amount, _ in rows]
         events = opening_events(node, plain, budget)
@@ -1028,7 +622,3 @@ def archive_cmd(before: str | None, refund_window: str | None, chunk: int) -> No
         except ArchiveMismatch as exc:
             raise click.ClickException(str(exc)) from exc
     click.echo(f"archived {orders:,} order(s), {moved:,} record(s); told {told:,} account(s)' state")
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

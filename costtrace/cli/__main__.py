@@ -1,0 +1,3 @@
+from costtrace.cli import main
+
+main()
