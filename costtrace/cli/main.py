@@ -88,9 +88,8 @@ def _exit_without_freeing() -> None:
     """End the process now that everything is written, leaving the replay's state to the OS.
 
     Freeing the state (millions of small strings and maps, in the native
-    model) one by one takes about 2% of a replay's instructions (it was a
-    twelfth when the state was Python objects; mypy ends the same way, for
-    the same reason). Only for a command's last step: nothing after it runs,
+    model) one by one is work nobody needs (docs/performance.md, "Replay";
+    mypy ends the same way, for the same reason). Only for a command's last step: nothing after it runs,
     atexit handlers included. Not when another program runs the command in
     its own process (click's CliRunner swaps the streams): it goes on.
     """

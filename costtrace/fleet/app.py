@@ -282,10 +282,9 @@ def fewer_collections() -> None:
     """Collect garbage less often in an allocator that holds many events.
 
     The hold keeps every event it has read and not applied, tens of thousands
-    under a backlog, and each full collection walks all of them: with
-    Python's thresholds, collections took about a tenth of the allocator's
-    CPU on the fleet benchmark's backlog (gc.callbacks; a fiftieth with
-    these). What exists once the worker runs (modules, faust's app) is never
+    under a backlog, and each full collection walks all of them, which
+    Python's thresholds make frequent (docs/performance.md, "The log order,
+    faster"). What exists once the worker runs (modules, faust's app) is never
     garbage, and leaves the collections for good (`gc.freeze`).
     """
     gc.freeze()

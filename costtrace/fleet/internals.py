@@ -185,7 +185,7 @@ def run_worker(app: faust.App, loglevel: str, **options: Any) -> None:
 
     faust's terminal spinner sets the root logger to DEBUG
     (`Worker._setup_spinner_handler`), so every library's debug call builds a
-    log record that is then dropped: a tenth of the allocator's time (py-spy).
+    log record that is then dropped (measured: docs/performance.md).
     """
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, **options)
     worker.spinner = None
@@ -327,9 +327,8 @@ class StreamRoom:
     a backlog the fetch loop runs between any two events: it fills the one
     slot just freed and finds the queue full at the next message, whose
     hand-over then suspends (a task and an `asyncio.wait` in faust's
-    `on_message`, four more tasks in mode's `wait_first`). Seen on the broker:
-    a sixth of all messages took that path, and it cost the allocator about a
-    fifth of its CPU. With the room in `fast_hand_over`, the fetch loop waits
+    `on_message`, four more tasks in mode's `wait_first`); seen on the broker
+    for many messages under a backlog (docs/performance.md). With the room in `fast_hand_over`, the fetch loop waits
     once while the queue is full, until the agent has taken it down to its
     pressure-drop size (mode's: 40%, where faust also fetches a paused
     partition again), then hands over the next thousands on the fast path.
@@ -370,8 +369,8 @@ def fast_hand_over(consumer: Any, room: StreamRoom | None = None) -> None:
     faust's fetch loop hands every message over with `wait_first(callback(message),
     suspend_flow.wait())` (`Consumer._drain_messages`), and mode's `wait_first`
     makes a task of each, adds two for the service's stopped and crashed
-    events, and runs an `asyncio.wait`: about a third of the allocator's CPU
-    per event, although the callback almost always finishes at once (it puts the event
+    events, and runs an `asyncio.wait`: a large share of the allocator's CPU
+    per event (docs/performance.md), although the callback almost always finishes at once (it puts the event
     on its stream's queue). Here the first coroutine is run up to its first
     suspension; if it finishes there, that is the result `wait_first` would
     give; if it waits (a full stream queue, flow control), the rest of it
@@ -424,7 +423,7 @@ def without_monitor(app: faust.App) -> None:
 
     Our metrics are our own (costtrace/fleet/metrics.py) and faust's web views are
     off; the monitor's calls for every message in, event in and out, and ack
-    were about 4% of the allocator's time. faust still keeps the offsets
+    cost the allocator time for nothing. faust still keeps the offsets
     and commits it tracks through it (it calls the monitor directly there).
     """
     init_dependencies = app.on_init_dependencies
@@ -585,8 +584,7 @@ class RawBytes(faust.Schema[bytes, bytes]):
     """Keys and values as Kafka has them, without a codec per message.
 
     faust's `raw` serializer still looks its codec up in the app's registry
-    for the key and again for the value of every message (about a twentieth
-    of an agent's time); a schema's `compile` is faust's own place to decode.
+    for the key and again for the value of every message; a schema's `compile` is faust's own place to decode.
     """
 
     def __init__(self) -> None:
@@ -607,8 +605,8 @@ RAW: dict[str, Any] = {"schema": RawBytes()}
 def without_write_ahead_log(rocks: Any) -> None:
     """Open every partition DB of faust's RocksDB store `rocks` with RocksDB's write-ahead log off.
 
-    The log buys nothing here and cost about a sixth of the allocator's own
-    per-event work (a file write per write batch). Without it, a process that
+    The log buys nothing here and costs a file write per write batch
+    (docs/performance.md). Without it, a process that
     ends without closing a DB loses the writes since the last memtable flush,
     all of them and nothing else: the DB is then a prefix of what was written,
     and faust's persisted offset (written to the same DB, the same way) never

@@ -1,8 +1,8 @@
 """What the allocator produces, batched per partition and handed to Kafka in two steps.
 
 Each event appends its state's changelog records and its outputs to open
-record batches (aiokafka's `BatchBuilder`: no future, no task per message,
-which was a quarter of the allocator's time). `hand_over()` sends every
+record batches (aiokafka's `BatchBuilder`: no future, no task per message;
+docs/performance.md). `hand_over()` sends every
 batch added so far: first the changelog's, and waits until Kafka has them,
 then the outputs'. So Kafka never holds an output before the state that
 explains it, and a batch of a partition always goes after the ones before it

@@ -2,7 +2,7 @@
 
 A plain aiokafka consumer, not a faust agent: the sink holds no state and
 needs none of faust's machinery, whose per-message path (tasks, queues, acks)
-cost it about half its CPU (README, "Fleet speed"). Each batch is what one
+was most of its CPU (docs/performance.md, "Fleet"). Each batch is what one
 `getmany` hands over (up to `COSTTRACE_SINK_BATCH` messages, as soon as any
 arrive), and its offsets are committed only after PostgreSQL has committed
 its rows. PostgreSQL down or slow: the write is retried until it commits

@@ -56,8 +56,8 @@ class PartitionTable:
 
     What was read or written last is kept in memory too, per partition, up
     to `kept` entries (then forgotten at once), so that an account's next
-    event reads none of it from RocksDB: a RocksDB read was about a tenth of
-    the allocator's time. Only this process writes a partition it is active
+    event reads none of it from RocksDB (docs/performance.md, "The log order,
+    faster"). Only this process writes a partition it is active
     for; `forget()` after each rebalance, when recovery may have written.
     """
 
