@@ -328,10 +328,11 @@ class StreamRoom:
     slot just freed and finds the queue full at the next message, whose
     hand-over then suspends (a task and an `asyncio.wait` in faust's
     `on_message`, four more tasks in mode's `wait_first`); seen on the broker
-    for many messages under a backlog (docs/performance.md). With the room in `fast_hand_over`, the fetch loop waits
-    once while the queue is full, until the agent has taken it down to its
-    pressure-drop size (mode's: 40%, where faust also fetches a paused
-    partition again), then hands over the next thousands on the fast path.
+    for many messages under a backlog (docs/performance.md). With the room
+    in `fast_hand_over`, the fetch loop waits once while the queue is full,
+    until the agent has taken it down to its pressure-drop size (mode's:
+    40%, where faust also fetches a paused partition again), then hands over
+    the next thousands on the fast path.
     """
 
     def __init__(self) -> None:
