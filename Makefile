@@ -34,8 +34,10 @@ lint: setup
 	$(BIN)/mypy
 	cargo fmt --manifest-path native/Cargo.toml --check
 	cargo clippy --manifest-path native/Cargo.toml --release --quiet -- -D warnings
+	PYO3_PYTHON=$(abspath $(BIN))/python cargo clippy --manifest-path native/Cargo.toml --tests --quiet -- -D warnings
 
 test: lint
+	PYO3_PYTHON=$(abspath $(BIN))/python cargo test --manifest-path native/Cargo.toml --quiet
 	$(BIN)/pytest
 
 bench: setup

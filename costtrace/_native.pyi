@@ -2,18 +2,47 @@
 
 from typing import Any
 
-# (status code, account_id, record JSON lines, credit msgpacks, (event_id, account_id, reason) | None,
-#  detail | None, step)
-NativeOutcome = tuple[
-    int,
-    str | None,
-    list[bytes],
-    list[bytes],
-    tuple[str | None, str | None, str] | None,
-    str | None,
-    int,
-    tuple[str, ...],
-]
+class NativeRejection:
+    """A rejection: the record `costtrace.contract.records.rejection` makes of it."""
+
+    @property
+    def event_id(self) -> str | None: ...
+    @property
+    def account_id(self) -> str | None: ...
+    @property
+    def reason(self) -> str: ...
+
+class NativeOutcome:
+    """What applying one event, credit or archive gave (`costtrace.model.allocation.Outcome` wraps it)."""
+
+    @property
+    def status(self) -> str: ...
+    @property
+    def account_id(self) -> str: ...
+    @property
+    def record_lines(self) -> list[bytes]: ...
+    @property
+    def credit_blobs(self) -> list[bytes]: ...
+    @property
+    def rejection(self) -> NativeRejection | None: ...
+    @property
+    def detail(self) -> str | None: ...
+    @property
+    def step(self) -> int: ...
+    @property
+    def record_kinds(self) -> tuple[str, ...]: ...
+
+class ReplayStep:
+    """Replay's step: an event's records and its credits' as JSON lines, each ending in a newline."""
+
+    @property
+    def status(self) -> str: ...
+    @property
+    def lines(self) -> bytes: ...
+    @property
+    def count(self) -> int: ...
+    @property
+    def rejection(self) -> NativeRejection | None: ...
 
 class NativeStore:
     @staticmethod
@@ -33,9 +62,7 @@ class NativeStore:
         position: tuple[str, int] | None = None,
         settled: Any = None,
     ) -> NativeOutcome: ...
-    def replay_event(
-        self, event: bytes
-    ) -> tuple[int, bytes, int, tuple[str | None, str | None, str] | None]: ...
+    def replay_event(self, event: bytes) -> ReplayStep: ...
     def totals(self) -> tuple[int, int]: ...
     def heads(self) -> list[tuple[str, bytes]]: ...
     def forget_repairs(self) -> None: ...
@@ -49,3 +76,10 @@ def partition_for(key: bytes, partitions: int) -> int: ...
 
 FIRST_YEAR: int
 LAST_YEAR: int
+
+# the vocabulary (native/src/vocabulary.rs): Python name -> value
+SUSPENSE: str
+KINDS: dict[str, str]
+REASONS: dict[str, str]
+STATUSES: dict[str, str]
+KEY_PREFIXES: dict[str, bytes]

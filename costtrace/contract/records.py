@@ -13,33 +13,38 @@ from typing import Final
 
 import msgspec
 
-SUSPENSE: Final = "SUSPENSE"
+from costtrace.contract.vocabulary import KINDS, REASONS, matching
+from costtrace.contract.vocabulary import SUSPENSE as SUSPENSE
 
 
+@matching(KINDS)
 class Kind(StrEnum):
-    ISSUE = "issue"
-    OPEN = "open"
-    CONSUME = "consume"
-    TRUEUP = "trueup"
-    REFUND = "refund"
-    TRANSFER_OUT = "transfer_out"
-    TRANSFER_IN = "transfer_in"
-    REJECTED = "rejected"
+    ISSUE = KINDS["ISSUE"]
+    OPEN = KINDS["OPEN"]
+    CONSUME = KINDS["CONSUME"]
+    TRUEUP = KINDS["TRUEUP"]
+    REFUND = KINDS["REFUND"]
+    TRANSFER_OUT = KINDS["TRANSFER_OUT"]
+    TRANSFER_IN = KINDS["TRANSFER_IN"]
+    REJECTED = KINDS["REJECTED"]
 
 
+@matching(REASONS)
 class Reason(StrEnum):
-    INVALID_EVENT = "invalid_event"
-    DUPLICATE_BATCH = "duplicate_batch"
-    DUPLICATE_ORDER = "duplicate_order"
-    DUPLICATE_REFUND = "duplicate_refund"
-    DUPLICATE_TRANSFER = "duplicate_transfer"
-    CONFLICTING_DUPLICATE = "conflicting_duplicate"
-    UNKNOWN_ORDER = "unknown_order"
-    REFUND_EXCEEDS_ORDER = "refund_exceeds_order"
-    SELF_TRANSFER = "self_transfer"
-    INSUFFICIENT_STOCK = "insufficient_stock"
-    ORDER_ARCHIVED = "order_archived"  # the fleet only: a refund of an order `costtrace archive` moved
-    WRONG_PARTITION = "wrong_partition"  # the fleet only: not on its account's (murmur2) partition
+    INVALID_EVENT = REASONS["INVALID_EVENT"]
+    DUPLICATE_BATCH = REASONS["DUPLICATE_BATCH"]
+    DUPLICATE_ORDER = REASONS["DUPLICATE_ORDER"]
+    DUPLICATE_REFUND = REASONS["DUPLICATE_REFUND"]
+    DUPLICATE_TRANSFER = REASONS["DUPLICATE_TRANSFER"]
+    CONFLICTING_DUPLICATE = REASONS["CONFLICTING_DUPLICATE"]
+    UNKNOWN_ORDER = REASONS["UNKNOWN_ORDER"]
+    REFUND_EXCEEDS_ORDER = REASONS["REFUND_EXCEEDS_ORDER"]
+    SELF_TRANSFER = REASONS["SELF_TRANSFER"]
+    INSUFFICIENT_STOCK = REASONS["INSUFFICIENT_STOCK"]
+    ORDER_ARCHIVED = REASONS[
+        "ORDER_ARCHIVED"
+    ]  # the fleet only: a refund of an order `costtrace archive` moved
+    WRONG_PARTITION = REASONS["WRONG_PARTITION"]  # the fleet only: not on its account's (murmur2) partition
 
 
 class Record(msgspec.Struct, omit_defaults=True, gc=False):

@@ -33,6 +33,7 @@ import faust
 import msgspec
 
 from costtrace.contract.letters import OMITTED, DeadLetter, resend_headers
+from costtrace.contract.records import Reason
 from costtrace.contract.topics import retry_topic
 from costtrace.fleet.allocator import LATE_EVENT
 from costtrace.fleet.app import _base_config, observe
@@ -84,7 +85,7 @@ class Park:
 FINAL: Final = "final reason"
 # rejections an event that came late could have prevented: a refund of an order consumed late, a
 # transfer short of stock issued or credited late
-REDRIVEN_BY_LATE_EVENTS: Final = ("unknown_order", "insufficient_stock")
+REDRIVEN_BY_LATE_EVENTS: Final = (Reason.UNKNOWN_ORDER.value, Reason.INSUFFICIENT_STOCK.value)
 OUT_OF_ATTEMPTS: Final = "out of attempts"
 TOO_LONG: Final = "too long to carry: `costtrace dlq replay` reads it from its input"
 

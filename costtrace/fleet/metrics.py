@@ -25,6 +25,7 @@ from prometheus_client import (
     generate_latest,
 )
 
+from costtrace.contract.records import Reason
 from costtrace.fleet.allocator import Handled
 from costtrace.model.allocation import Status
 
@@ -35,7 +36,7 @@ _BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2000, 5000)
 
 
 # rejections an alert watches: their series exist from a worker's start
-ALERTED_REASONS: Final = ("processing_error", "wrong_partition")
+ALERTED_REASONS: Final = ("processing_error", Reason.WRONG_PARTITION.value)
 
 
 @dataclass
@@ -217,7 +218,7 @@ class Metrics:
         counted[self.events, (handled.event_type, outcome.status.value)] += 1
         if outcome.status is Status.APPLIED:
             if attempt > 1:  # a retry the compensator sent, applied
-                counted[self.compensations, ("applied",)] += 1
+                counted[self.compensations, (Status.APPLIED.value,)] += 1
             for kind in outcome.record_kinds:
                 counted[self.records, (kind,)] += 1
         elif outcome.status is Status.REJECTED and outcome.rejection is not None:

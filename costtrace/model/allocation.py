@@ -20,28 +20,29 @@ Stored outputs are let go once the fleet says their position is `settled`
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any, Final
+from typing import Final
 
 import msgspec
 
-from costtrace._native import event_key
+from costtrace._native import NativeOutcome, NativeRejection, event_key
 from costtrace.contract.events import Event, Invalid, parse_event
 from costtrace.contract.records import Reason, Record, Rejection, rejection
+from costtrace.contract.vocabulary import STATUSES, matching
 from costtrace.model.state import Archive, Credit, MemoryStore, Position, Settled, Store
 
 __all__ = ["Outcome", "Status", "apply_archive", "apply_credit", "apply_event", "event_key"]
 
 
+@matching(STATUSES)
 class Status(StrEnum):
-    APPLIED = "applied"
-    REPEAT = "repeat"  # exact repeat of an applied event: ignored
-    REJECTED = "rejected"
-    REDELIVERED = "redelivered"  # read again at a position already applied
-    SKIPPED = "skipped"  # left out by the fleet's tracing switch (costtrace/fleet/switch.py); never in replay
+    APPLIED = STATUSES["APPLIED"]
+    REPEAT = STATUSES["REPEAT"]  # exact repeat of an applied event: ignored
+    REJECTED = STATUSES["REJECTED"]
+    REDELIVERED = STATUSES["REDELIVERED"]  # read again at a position already applied
+    SKIPPED = STATUSES["SKIPPED"]  # left out by the fleet's tracing switch (fleet/switch.py); never in replay
 
 
-# the native model's status codes
-_STATUSES: Final = (Status.APPLIED, Status.REPEAT, Status.REJECTED, Status.REDELIVERED)
+_STATUS: Final = {status.value: status for status in Status}  # by the native model's value
 _record_decoder: Final = msgspec.json.Decoder(Record)
 _credit_decoder: Final = msgspec.msgpack.Decoder(Credit)
 _msgpack: Final = msgspec.msgpack.Encoder()  # events and credits, as the native model reads them
@@ -94,10 +95,15 @@ class Outcome:
         )
 
 
-def _outcome(native: tuple[Any, ...]) -> Outcome:
-    status, account_id, lines, blobs, rej, detail, step, kinds = native
-    rejected = None if rej is None else rejection(rej[0], rej[1], Reason(rej[2]))
-    return Outcome(_STATUSES[status], account_id, lines, blobs, rejected, detail, step, kinds)
+def _rejection(native: NativeRejection | None) -> Rejection | None:
+    return None if native is None else rejection(native.event_id, native.account_id, Reason(native.reason))
+
+
+def _outcome(n: NativeOutcome) -> Outcome:
+    return Outcome(
+        _STATUS[n.status], n.account_id, n.record_lines, n.credit_blobs, _rejection(n.rejection), n.detail,
+        n.step, n.record_kinds,
+    )  # fmt: skip
 
 
 def _where(position: Position | None) -> tuple[str, int] | None:
@@ -133,8 +139,8 @@ def replay_event(store: MemoryStore, raw: bytes | str) -> tuple[Status, bytes, i
     ev = parse_event(raw)
     if isinstance(ev, Invalid):
         return Status.REJECTED, b"", 0, rejection(ev.event_id, ev.account_id, Reason.INVALID_EVENT)
-    status, lines, n, rej = store.native.replay_event(_msgpack.encode(ev))
-    return _STATUSES[status], lines, n, None if rej is None else rejection(rej[0], rej[1], Reason(rej[2]))
+    step = store.native.replay_event(_msgpack.encode(ev))
+    return _STATUS[step.status], step.lines, step.count, _rejection(step.rejection)
 
 
 def apply_credit(

@@ -6,7 +6,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from costtrace.contract.records import SUSPENSE, Record, Rejection
+from costtrace.contract.records import SUSPENSE, Kind, Record, Rejection
 
 
 @dataclass
@@ -38,11 +38,11 @@ class Report:
             return
         line = self.budgets.setdefault(rec.budget_id, BudgetLine())
         kind = rec.kind
-        if kind in ("issue", "open"):
+        if kind in (Kind.ISSUE, Kind.OPEN):
             line.issued += rec.amount
-        elif kind in ("consume", "trueup"):
+        elif kind in (Kind.CONSUME, Kind.TRUEUP):
             line.consumed -= rec.amount
-        elif kind == "refund":
+        elif kind == Kind.REFUND:
             line.refunded += rec.amount
         else:
             line.transferred_net += rec.amount

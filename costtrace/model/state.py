@@ -42,16 +42,20 @@ import msgspec
 from costtrace._native import NativeStore
 from costtrace.contract.events import Event
 from costtrace.contract.records import Record, Rejection
+from costtrace.contract.vocabulary import KEY_PREFIXES, matching
 
 
+@matching({name: prefix[0] for name, prefix in KEY_PREFIXES.items() if name != "HEADER"})
 class Namespace(IntEnum):
-    BATCH = 0
-    ORDER = 1
-    EVENT = 2
-    REFUND = 3
-    TRANSFER = 4
-    CREDIT = 5
-    OUTPUTS = 6
+    """The first byte of an account's state keys, by what they hold (the header's is `HEADER_PREFIX`)."""
+
+    BATCH = KEY_PREFIXES["BATCH"][0]
+    ORDER = KEY_PREFIXES["ORDER"][0]
+    EVENT = KEY_PREFIXES["EVENT"][0]
+    REFUND = KEY_PREFIXES["REFUND"][0]
+    TRANSFER = KEY_PREFIXES["TRANSFER"][0]
+    CREDIT = KEY_PREFIXES["CREDIT"][0]
+    OUTPUTS = KEY_PREFIXES["OUTPUTS"][0]
 
 
 class OpenBatch(msgspec.Struct, array_like=True, order=True, gc=False):
@@ -201,7 +205,7 @@ class Header(msgspec.Struct, array_like=True, gc=False):
     redo: list[tuple[bytes, bytes]] = msgspec.field(default_factory=list)
 
 
-HEADER_PREFIX: Final = b"h"
+HEADER_PREFIX: Final = KEY_PREFIXES["HEADER"]
 
 
 def account_prefix(account_id: str) -> bytes:
@@ -269,7 +273,7 @@ class MemoryStore:
             if key.startswith(HEADER_PREFIX):
                 head = decode_header(value).account
             else:
-                ns = Namespace(key[0] - ord("0"))
+                ns = Namespace(key[0])
                 entries[ns][key[skip:].decode()] = decode_value(ns, value)
         return AccountView(head, entries)
 

@@ -2,11 +2,11 @@
 //! reached from Python through `costtrace.model.allocation` and `costtrace.model.state`.
 //!
 //! Across the boundary everything is bytes in the project's own wire forms:
-//! events come in as msgpack of their validated `schemas.events` Struct,
+//! events come in as msgpack of their validated `costtrace.contract.events` Struct,
 //! credits as the credits topic's msgpack, state as the table's values;
 //! records go out as the contract's JSON.
 
-/// The model makes and drops many small strings per event; mimalloc serves them about twice as fast as glibc.
+/// The model makes and drops many small strings per event, which mimalloc serves faster than glibc (docs/performance.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -15,12 +15,13 @@ mod model;
 mod partition;
 mod state;
 mod store;
+mod vocabulary;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
 use model::{Outcome, Position, Settled, Status};
 use state::{Credit, Rejection};
@@ -86,7 +87,7 @@ enum Backend {
     Python(Store<PyTable>),
 }
 
-/// A store and the rules over it; `costtrace.model.state.MemoryStore` and `workers.state.TableStore` hold one.
+/// A store and the rules over it; `costtrace.model.state.MemoryStore` and `costtrace.fleet.state.TableStore` hold one.
 #[pyclass(module = "costtrace._native", unsendable)]
 struct NativeStore {
     backend: Backend,
@@ -127,24 +128,59 @@ macro_rules! on_backend {
     }};
 }
 
-fn status_code(status: Status) -> u8 {
-    match status {
-        Status::Applied => 0,
-        Status::Repeat => 1,
-        Status::Rejected => 2,
-        Status::Redelivered => 3,
-    }
+fn status_name(py: Python<'_>, status: Status) -> Py<PyString> {
+    PyString::intern(py, status.as_str()).unbind()
 }
 
-/// (event_id, account_id, reason), or None.
-fn rejection_tuple(py: Python<'_>, rejection: Option<&Rejection>) -> PyResult<Py<PyAny>> {
-    Ok(match rejection {
-        None => py.None(),
-        Some(r) => (r.event_id.as_deref(), r.account_id.as_deref(), r.reason.as_str())
-            .into_pyobject(py)?
-            .into_any()
-            .unbind(),
-    })
+/// A rejection as Python sees it (`costtrace.contract.records.rejection` makes the record).
+#[pyclass(frozen, get_all, module = "costtrace._native")]
+struct NativeRejection {
+    event_id: Option<String>,
+    account_id: Option<String>,
+    reason: Py<PyString>,
+}
+
+fn rejection_of(py: Python<'_>, rejection: Option<&Rejection>) -> PyResult<Option<Py<NativeRejection>>> {
+    rejection
+        .map(|r| {
+            Py::new(
+                py,
+                NativeRejection {
+                    event_id: r.event_id.clone(),
+                    account_id: r.account_id.clone(),
+                    reason: PyString::intern(py, &r.reason).unbind(),
+                },
+            )
+        })
+        .transpose()
+}
+
+/// What applying one event (or credit, or archive) gave, as `costtrace.model.allocation.Outcome` reads it.
+#[pyclass(frozen, get_all, module = "costtrace._native")]
+struct NativeOutcome {
+    /// a `STATUSES` value
+    status: Py<PyString>,
+    account_id: String,
+    /// the records, each the contract's JSON
+    record_lines: Py<PyList>,
+    /// the credits, each the credits topic's msgpack
+    credit_blobs: Py<PyList>,
+    rejection: Option<Py<NativeRejection>>,
+    /// why, for a rejection
+    detail: Option<Py<PyString>>,
+    /// the account's step that made the records: (step, seq) is replay's order
+    step: i64,
+    /// each record's kind, in order
+    record_kinds: Py<PyTuple>,
+}
+
+/// Replay's step: the records of an event and its credits as JSON lines, each ending in a newline.
+#[pyclass(frozen, get_all, module = "costtrace._native")]
+struct ReplayStep {
+    status: Py<PyString>,
+    lines: Py<PyBytes>,
+    count: usize,
+    rejection: Option<Py<NativeRejection>>,
 }
 
 /// Records as JSON lines, each ending in a newline (replay's output).
@@ -155,9 +191,7 @@ fn write_lines(records: &[state::Record], out: &mut Vec<u8>) {
     }
 }
 
-/// (status, account_id, record JSON lines, credit msgpacks, rejection or None, detail or None, step,
-/// the records' kinds)
-fn outcome_tuple<'py>(py: Python<'py>, o: Outcome) -> PyResult<Bound<'py, PyTuple>> {
+fn outcome_of(py: Python<'_>, o: Outcome) -> PyResult<Py<NativeOutcome>> {
     let kinds = PyTuple::new(
         py,
         o.records.iter().map(|r| PyString::intern(py, r.kind.as_str())),
@@ -176,28 +210,30 @@ fn outcome_tuple<'py>(py: Python<'py>, o: Outcome) -> PyResult<Bound<'py, PyTupl
         .iter()
         .map(|c| PyBytes::new(py, &store::encode(c)))
         .collect::<Vec<_>>();
-    let rejection = rejection_tuple(py, o.rejection.as_ref())?;
+    let rejection = rejection_of(py, o.rejection.as_ref())?;
     let detail = match &o.detail {
-        None => py.None(),
+        None => None,
         Some(d) => {
             let text = match &d.quoted {
                 None => d.text.clone(),
                 Some(q) => d.text.replace("{!r}", &PyString::new(py, q).repr()?.to_string()),
             };
-            PyString::new(py, &text).into_any().unbind()
+            Some(PyString::new(py, &text).unbind())
         }
     };
-    (
-        status_code(o.status),
-        o.account_id,
-        PyList::new(py, records)?,
-        PyList::new(py, credits)?,
-        rejection,
-        detail,
-        o.step,
-        kinds,
+    Py::new(
+        py,
+        NativeOutcome {
+            status: status_name(py, o.status),
+            account_id: o.account_id,
+            record_lines: PyList::new(py, records)?.unbind(),
+            credit_blobs: PyList::new(py, credits)?.unbind(),
+            rejection,
+            detail,
+            step: o.step,
+            record_kinds: kinds.unbind(),
+        },
     )
-        .into_pyobject(py)
 }
 
 #[pymethods]
@@ -225,7 +261,7 @@ impl NativeStore {
         event: &[u8],
         position: Where,
         settled: Option<Bound<'py, PyAny>>,
-    ) -> PyResult<Bound<'py, PyTuple>> {
+    ) -> PyResult<Py<NativeOutcome>> {
         let ev = model::Event::from_msgpack(event)
             .map_err(|e| PyValueError::new_err(format!("not an event: {e}")))?;
         let pos = at(&position);
@@ -235,7 +271,7 @@ impl NativeStore {
             settled,
             Ok(model::apply_event(store, &ev, event, pos.as_ref(), settled)?)
         )?;
-        outcome_tuple(py, outcome)
+        outcome_of(py, outcome)
     }
 
     #[pyo3(signature = (credit, position=None, settled=None))]
@@ -245,7 +281,7 @@ impl NativeStore {
         credit: &[u8],
         position: Where,
         settled: Option<Bound<'py, PyAny>>,
-    ) -> PyResult<Bound<'py, PyTuple>> {
+    ) -> PyResult<Py<NativeOutcome>> {
         let credit: Credit =
             rmp_serde::from_slice(credit).map_err(|e| PyValueError::new_err(format!("not a credit: {e}")))?;
         let pos = at(&position);
@@ -255,7 +291,7 @@ impl NativeStore {
             settled,
             Ok(model::apply_credit(store, &credit, pos.as_ref(), settled)?)
         )?;
-        outcome_tuple(py, outcome)
+        outcome_of(py, outcome)
     }
 
     #[pyo3(signature = (account_id, order_ids, position=None, settled=None))]
@@ -266,7 +302,7 @@ impl NativeStore {
         order_ids: Vec<String>,
         position: Where,
         settled: Option<Bound<'py, PyAny>>,
-    ) -> PyResult<Bound<'py, PyTuple>> {
+    ) -> PyResult<Py<NativeOutcome>> {
         let pos = at(&position);
         let outcome = on_backend!(
             self,
@@ -280,14 +316,11 @@ impl NativeStore {
                 settled
             )?)
         )?;
-        outcome_tuple(py, outcome)
+        outcome_of(py, outcome)
     }
 
     /// Replay's step: apply one event and, at once, its credits; the records as JSON lines.
-    ///
-    /// Returns (status code, the records' lines, each ending in a newline,
-    /// how many, rejection or None).
-    fn replay_event<'py>(&mut self, py: Python<'py>, event: &[u8]) -> PyResult<Bound<'py, PyTuple>> {
+    fn replay_event(&mut self, py: Python<'_>, event: &[u8]) -> PyResult<Py<ReplayStep>> {
         let ev = model::Event::from_msgpack(event)
             .map_err(|e| PyValueError::new_err(format!("not an event: {e}")))?;
         let Backend::Memory(store) = &mut self.backend else {
@@ -305,8 +338,16 @@ impl NativeStore {
             }
             Ok((o.status, lines, n, o.rejection))
         })?;
-        let rejection = rejection_tuple(py, rejection.as_ref())?;
-        (status_code(status), PyBytes::new(py, &lines), n, rejection).into_pyobject(py)
+        let rejection = rejection_of(py, rejection.as_ref())?;
+        Py::new(
+            py,
+            ReplayStep {
+                status: status_name(py, status),
+                lines: PyBytes::new(py, &lines).unbind(),
+                count: n,
+                rejection,
+            },
+        )
     }
 
     /// (accounts with state, debt outstanding on them) of a memory store: replay's summary.
@@ -391,9 +432,42 @@ fn parse_instant(text: &str) -> Option<i64> {
     instant::parse(text)
 }
 
+/// The words Python builds its enums from (native/src/vocabulary.rs): each a dict of name to value.
+fn add_vocabulary(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    let words = |values: &mut dyn Iterator<Item = &'static str>| -> PyResult<Bound<'_, PyDict>> {
+        let d = PyDict::new(py);
+        for v in values {
+            d.set_item(vocabulary::python_name(v), v)?;
+        }
+        Ok(d)
+    };
+    m.add("SUSPENSE", vocabulary::SUSPENSE)?;
+    let mut kinds = state::Kind::ALL
+        .iter()
+        .map(|k| k.as_str())
+        .chain([vocabulary::REJECTED_KIND]);
+    m.add("KINDS", words(&mut kinds)?)?;
+    m.add(
+        "REASONS",
+        words(&mut vocabulary::Reason::ALL.iter().map(|r| r.as_str()))?,
+    )?;
+    m.add("STATUSES", words(&mut Status::ALL.iter().map(|s| s.as_str()))?)?;
+    let prefixes = PyDict::new(py);
+    for (name, byte) in vocabulary::KEY_PREFIXES {
+        prefixes.set_item(name, PyBytes::new(py, &[byte]))?;
+    }
+    m.add("KEY_PREFIXES", prefixes)?;
+    Ok(())
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<NativeStore>()?;
+    m.add_class::<NativeOutcome>()?;
+    m.add_class::<NativeRejection>()?;
+    m.add_class::<ReplayStep>()?;
+    add_vocabulary(m)?;
     m.add_function(wrap_pyfunction!(parse_instant, m)?)?;
     m.add("FIRST_YEAR", instant::FIRST_YEAR)?;
     m.add("LAST_YEAR", instant::LAST_YEAR)?;

@@ -1,4 +1,4 @@
-//! The cost-tracing rules of `cost-tracing.md`, applied one event at a time.
+//! The cost-tracing rules of the contract (docs/contract.md), applied one event at a time.
 //!
 //! The only implementation of the rules: offline replay and the fleet's
 //! agents both reach them through `costtrace.model.allocation`. Pure: no
@@ -18,15 +18,7 @@ use crate::state::{
 };
 use crate::store::{AccountState, EventBytes, Store, Table};
 
-pub const SUSPENSE: &str = "SUSPENSE";
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Status {
-    Applied,
-    Repeat,
-    Rejected,
-    Redelivered,
-}
+pub use crate::vocabulary::{Reason, Status, SUSPENSE};
 
 /// A rejection's detail: `text`, with `{!r}` standing for the (Python) repr of `quoted`.
 #[derive(Clone, Debug)]
@@ -84,7 +76,7 @@ impl Outcome {
     }
 }
 
-/// The fields of the five input events, as `schemas.events` validated them.
+/// The fields of the five input events, as `costtrace.contract.events` validated them.
 #[derive(Debug, Default)]
 pub struct Event {
     pub kind: String,
@@ -178,11 +170,11 @@ pub fn event_key(account_id: &str, event_id: &str) -> String {
 }
 
 struct Rejected {
-    reason: &'static str,
+    reason: Reason,
     detail: Detail,
 }
 
-fn rejected(reason: &'static str, text: &str, quoted: &str) -> Rejected {
+fn rejected(reason: Reason, text: &str, quoted: &str) -> Rejected {
     Rejected {
         reason,
         detail: Detail::of(text, quoted),
@@ -386,7 +378,7 @@ fn issue<T: Table>(ch: &mut Change<T>, ev: &Event, kind: Kind) -> Step<T> {
     let batch_id = required(&ev.batch_id, "batch_id");
     if ch.state.batches.contains(ch.table, &ch.state.prefix, batch_id)? {
         return Ok(Err(rejected(
-            "duplicate_batch",
+            Reason::DuplicateBatch,
             "batch {!r} is already on this account",
             batch_id,
         )));
@@ -402,7 +394,7 @@ fn consumed<T: Table>(ch: &mut Change<T>, ev: &Event) -> Step<T> {
     let mid = ev.merchant_id.as_deref();
     if ch.state.orders.contains(ch.table, &ch.state.prefix, oid)? {
         return Ok(Err(rejected(
-            "duplicate_order",
+            Reason::DuplicateOrder,
             "order {!r} was already consumed",
             oid,
         )));
@@ -447,21 +439,21 @@ fn refunded<T: Table>(ch: &mut Change<T>, ev: &Event) -> Step<T> {
     let oid = required(&ev.order_id, "order_id");
     if ch.state.refunds.contains(ch.table, &ch.state.prefix, rid)? {
         return Ok(Err(rejected(
-            "duplicate_refund",
+            Reason::DuplicateRefund,
             "refund {!r} was already applied",
             rid,
         )));
     }
     let Some(mut order) = ch.state.orders.get(ch.table, &ch.state.prefix, oid)? else {
         return Ok(Err(rejected(
-            "unknown_order",
+            Reason::UnknownOrder,
             "order {!r} has not been consumed on this account",
             oid,
         )));
     };
     if order.archived {
         return Ok(Err(rejected(
-            "order_archived",
+            Reason::OrderArchived,
             "order {!r} is archived: past its refund window",
             oid,
         )));
@@ -472,7 +464,7 @@ fn refunded<T: Table>(ch: &mut Change<T>, ev: &Event) -> Step<T> {
             "refund of {} exceeds the {} left unrefunded of order {{!r}}",
             ev.amount, unrefunded
         );
-        return Ok(Err(rejected("refund_exceeds_order", &text, oid)));
+        return Ok(Err(rejected(Reason::RefundExceedsOrder, &text, oid)));
     }
     let mid = order.merchant_id.clone();
     let refs = Refs {
@@ -516,13 +508,13 @@ fn transferred<T: Table>(ch: &mut Change<T>, ev: &Event, credit: &mut Option<Cre
     let to = required(&ev.to_account_id, "to_account_id");
     if to == ev.account_id {
         return Ok(Err(Rejected {
-            reason: "self_transfer",
+            reason: Reason::SelfTransfer,
             detail: Detail::plain("to_account_id equals account_id".to_owned()),
         }));
     }
     if ch.state.transfers.contains(ch.table, &ch.state.prefix, tid)? {
         return Ok(Err(rejected(
-            "duplicate_transfer",
+            Reason::DuplicateTransfer,
             "transfer {!r} was already applied",
             tid,
         )));
@@ -531,7 +523,7 @@ fn transferred<T: Table>(ch: &mut Change<T>, ev: &Event, credit: &mut Option<Cre
     if stock < ev.amount as i128 {
         let text = format!("transfer of {} exceeds the open stock of {}", ev.amount, stock);
         return Ok(Err(Rejected {
-            reason: "insufficient_stock",
+            reason: Reason::InsufficientStock,
             detail: Detail::plain(text),
         }));
     }
@@ -692,7 +684,7 @@ fn reject<T: Table>(
     outcome.rejection = Some(Rejection {
         event_id: Some(event_id.to_owned()),
         account_id: Some(state.account_id.clone()),
-        reason: why.reason.to_owned(),
+        reason: why.reason.as_str().to_owned(),
     });
     outcome.detail = Some(why.detail);
     finish(store, state, outcome, position, false, settled)
@@ -716,7 +708,7 @@ pub fn apply_event<T: Table>(
             return finish(store, state, repeat, position, false, settled);
         }
         let why = rejected(
-            "conflicting_duplicate",
+            Reason::ConflictingDuplicate,
             "event {!r} was applied before with a different payload",
             &ev.event_id,
         );
@@ -858,4 +850,199 @@ pub fn apply_credit<T: Table>(
     outcome.records = records;
     outcome.step = state.head.steps;
     finish(store, state, outcome, position, true, settled)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The rules by hand, natively (tests/model/test_rules.py works every rule through Python too).
+    use super::*;
+    use crate::store::{MemoryTable, StateError};
+
+    type Memory = Store<MemoryTable<StateError>>;
+
+    fn store() -> Memory {
+        Store::new(MemoryTable::default())
+    }
+
+    fn event(kind: &str, id: &str, account: &str, at: i64, amount: i64) -> Event {
+        Event {
+            kind: kind.to_owned(),
+            event_id: id.to_owned(),
+            account_id: account.to_owned(),
+            occurred_ns: at,
+            amount,
+            ..Event::default()
+        }
+    }
+
+    fn issued(id: &str, account: &str, at: i64, batch: &str, budget: &str, amount: i64) -> Event {
+        Event {
+            batch_id: Some(batch.to_owned()),
+            budget_id: Some(budget.to_owned()),
+            ..event("issued", id, account, at, amount)
+        }
+    }
+
+    fn consumed(id: &str, account: &str, at: i64, order: &str, amount: i64) -> Event {
+        Event {
+            order_id: Some(order.to_owned()),
+            ..event("consumed", id, account, at, amount)
+        }
+    }
+
+    fn refunded(id: &str, account: &str, at: i64, refund: &str, order: &str, amount: i64) -> Event {
+        Event {
+            refund_id: Some(refund.to_owned()),
+            order_id: Some(order.to_owned()),
+            ..event("refunded", id, account, at, amount)
+        }
+    }
+
+    fn transferred(id: &str, account: &str, at: i64, transfer: &str, to: &str, amount: i64) -> Event {
+        Event {
+            transfer_id: Some(transfer.to_owned()),
+            to_account_id: Some(to.to_owned()),
+            ..event("transferred", id, account, at, amount)
+        }
+    }
+
+    /// Apply with a fingerprint of the whole event, as the msgpack Python sends would be.
+    fn apply(s: &mut Memory, ev: &Event) -> Outcome {
+        let fingerprint = format!("{ev:?}");
+        apply_event(s, ev, fingerprint.as_bytes(), None, None).expect("a memory store never fails")
+    }
+
+    /// (kind, batch, amount) of each record.
+    fn moves(o: &Outcome) -> Vec<(&'static str, String, i64)> {
+        o.records
+            .iter()
+            .map(|r| (r.kind.as_str(), r.batch_id.clone(), r.amount))
+            .collect()
+    }
+
+    fn mv(kind: &'static str, batch: &str, amount: i64) -> (&'static str, String, i64) {
+        (kind, batch.to_owned(), amount)
+    }
+
+    #[test]
+    fn consumption_takes_the_oldest_batch_first_by_issue_time_then_id() {
+        let mut s = store();
+        apply(&mut s, &issued("e1", "a", 20, "late", "x", 5));
+        apply(&mut s, &issued("e2", "a", 10, "b-2", "y", 5));
+        apply(&mut s, &issued("e3", "a", 10, "b-1", "z", 5));
+        let o = apply(&mut s, &consumed("e4", "a", 30, "o1", 12));
+        assert_eq!(o.status, Status::Applied);
+        assert_eq!(
+            moves(&o),
+            [
+                mv("consume", "b-1", -5),
+                mv("consume", "b-2", -5),
+                mv("consume", "late", -2)
+            ]
+        );
+        assert!(o.records.iter().all(|r| r.order_id.as_deref() == Some("o1")));
+    }
+
+    #[test]
+    fn a_shortfall_is_debt_on_suspense_and_the_next_batch_pays_it() {
+        let mut s = store();
+        apply(&mut s, &issued("e1", "a", 1, "b1", "x", 3));
+        let o = apply(&mut s, &consumed("e2", "a", 2, "o1", 5));
+        assert_eq!(moves(&o), [mv("consume", "b1", -3), mv("consume", SUSPENSE, -2)]);
+        let o = apply(&mut s, &issued("e3", "a", 3, "b2", "y", 10));
+        assert_eq!(
+            moves(&o),
+            [
+                mv("issue", "b2", 10),
+                mv("trueup", "b2", -2),
+                mv("trueup", SUSPENSE, 2)
+            ]
+        );
+        assert!(o.records[1..].iter().all(|r| r.order_id.as_deref() == Some("o1")));
+    }
+
+    #[test]
+    fn a_refund_reverses_the_orders_slices_last_in_first_out() {
+        let mut s = store();
+        apply(&mut s, &issued("e1", "a", 1, "b1", "x", 3));
+        apply(&mut s, &issued("e2", "a", 2, "b2", "y", 3));
+        apply(&mut s, &consumed("e3", "a", 3, "o1", 5));
+        let o = apply(&mut s, &refunded("e4", "a", 4, "r1", "o1", 4));
+        assert_eq!(moves(&o), [mv("refund", "b2", 2), mv("refund", "b1", 2)]);
+        let o = apply(&mut s, &refunded("e5", "a", 5, "r2", "o1", 2));
+        assert_eq!(o.status, Status::Rejected);
+        assert_eq!(
+            o.rejection.expect("rejected").reason,
+            Reason::RefundExceedsOrder.as_str()
+        );
+    }
+
+    #[test]
+    fn an_exact_repeat_gives_nothing_and_a_changed_one_is_rejected() {
+        let mut s = store();
+        let first = issued("e1", "a", 1, "b1", "x", 3);
+        assert_eq!(apply(&mut s, &first).status, Status::Applied);
+        let again = apply(&mut s, &first);
+        assert_eq!((again.status, again.records.len()), (Status::Repeat, 0));
+        let changed = apply(&mut s, &issued("e1", "a", 1, "b1", "x", 4));
+        assert_eq!(changed.status, Status::Rejected);
+        let reason = changed.rejection.expect("rejected").reason;
+        assert_eq!(reason, Reason::ConflictingDuplicate.as_str());
+    }
+
+    #[test]
+    fn a_transfer_carries_its_batches_budgets_and_times_to_the_receiver() {
+        let mut s = store();
+        apply(&mut s, &issued("e1", "a", 7, "b1", "acme", 3));
+        apply(&mut s, &issued("e2", "a", 8, "b2", "beta", 3));
+        let o = apply(&mut s, &transferred("e3", "a", 9, "t1", "b", 4));
+        assert_eq!(
+            moves(&o),
+            [mv("transfer_out", "b1", -3), mv("transfer_out", "b2", -1)]
+        );
+        let [credit] = &o.credits[..] else {
+            panic!("one credit")
+        };
+        let received = apply_credit(&mut s, credit, None, None).expect("memory");
+        assert_eq!(
+            moves(&received),
+            [mv("transfer_in", "a/t1/b1", 3), mv("transfer_in", "a/t1/b2", 1)]
+        );
+        let budgets: Vec<&str> = received.records.iter().map(|r| r.budget_id.as_str()).collect();
+        assert_eq!(budgets, ["acme", "beta"]);
+        let spent = apply(&mut s, &consumed("e4", "b", 10, "o1", 4));
+        assert_eq!(
+            moves(&spent),
+            [mv("consume", "a/t1/b1", -3), mv("consume", "a/t1/b2", -1)]
+        );
+    }
+
+    #[test]
+    fn transfers_to_oneself_or_beyond_the_stock_are_rejected_and_change_nothing() {
+        let mut s = store();
+        apply(&mut s, &issued("e1", "a", 1, "b1", "x", 3));
+        let own = apply(&mut s, &transferred("e2", "a", 2, "t1", "a", 1));
+        assert_eq!(
+            own.rejection.expect("rejected").reason,
+            Reason::SelfTransfer.as_str()
+        );
+        let short = apply(&mut s, &transferred("e3", "a", 3, "t2", "b", 4));
+        assert_eq!(
+            short.rejection.expect("rejected").reason,
+            Reason::InsufficientStock.as_str()
+        );
+        let o = apply(&mut s, &consumed("e4", "a", 4, "o1", 3));
+        assert_eq!(moves(&o), [mv("consume", "b1", -3)]);
+    }
+
+    #[test]
+    fn a_refund_of_an_unknown_order_is_rejected() {
+        let mut s = store();
+        let o = apply(&mut s, &refunded("e1", "a", 1, "r1", "nope", 1));
+        assert_eq!(
+            o.rejection.expect("rejected").reason,
+            Reason::UnknownOrder.as_str()
+        );
+        assert!(o.records.is_empty());
+    }
 }

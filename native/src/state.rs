@@ -145,7 +145,7 @@ pub struct Credit {
     pub slices: Vec<CreditSlice>,
 }
 
-/// A record's kind (`schemas.records.Kind`, but for `rejected`).
+/// A record's kind (`costtrace.contract.records.Kind`, but for `rejected`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     Issue,
@@ -158,7 +158,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Issue,
         Kind::Open,
         Kind::Consume,

@@ -78,14 +78,20 @@ pub fn decode<T: DeserializeOwned>(what: &str, data: &[u8]) -> Result<T, StateEr
     rmp_serde::from_slice(data).map_err(|e| StateError(format!("stored {what} does not decode: {e}")))
 }
 
-pub const HEADER: u8 = b'h';
-pub const BATCH: u8 = b'0';
-pub const ORDER: u8 = b'1';
-pub const EVENT: u8 = b'2';
-pub const REFUND: u8 = b'3';
-pub const TRANSFER: u8 = b'4';
-pub const CREDIT: u8 = b'5';
-pub const OUTPUTS: u8 = b'6';
+use crate::vocabulary::KEY_PREFIXES;
+
+const fn prefix(i: usize) -> u8 {
+    KEY_PREFIXES[i].1
+}
+
+pub const HEADER: u8 = prefix(0);
+pub const BATCH: u8 = prefix(1);
+pub const ORDER: u8 = prefix(2);
+pub const EVENT: u8 = prefix(3);
+pub const REFUND: u8 = prefix(4);
+pub const TRANSFER: u8 = prefix(5);
+pub const CREDIT: u8 = prefix(6);
+pub const OUTPUTS: u8 = prefix(7);
 
 pub fn account_prefix(account_id: &str) -> Vec<u8> {
     let mut out = format!("{}:", account_id.len()).into_bytes();
@@ -125,7 +131,7 @@ msgpack_value!(Order, "order");
 msgpack_value!(String, "id");
 msgpack_value!(Outputs, "outputs");
 
-/// An applied event, as msgpack of its `schemas.events` Struct: compared byte for byte.
+/// An applied event, as msgpack of its `costtrace.contract.events` Struct: compared byte for byte.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EventBytes(pub Vec<u8>);
 
