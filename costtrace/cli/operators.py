@@ -506,11 +506,6 @@ def migrate_cmd(as_of: str, balances: str, budget: str, rate: float | None) -> N
         events = opening_events(node, plain, budget)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
-    negative = sum(1 for _, amount, _ in rows if amount < 0)
-    if negative:
-        raise click.ClickException(
-            f"{negative} account(s) have a negative balance at T: an opening balance cannot carry debt"
-        )
     settings = _settings()
     conflicts = asyncio.run(conflicting_openings(settings.postgres_dsn.get_secret_value(), node, plain))
     if conflicts:
@@ -564,6 +559,7 @@ def repartition(to_prefix: str, to_app_id: str, partitions: int) -> None:
     import asyncio
 
     from costtrace.contract.topics import catalogue
+    from costtrace.fleet.settings import fleet_catalogue
     from costtrace.ops.repartition import copy_state
     from costtrace.ops.topics import create
 
@@ -573,9 +569,9 @@ def repartition(to_prefix: str, to_app_id: str, partitions: int) -> None:
     new = catalogue(to_prefix, partitions, to_app_id, len(settings.retry_delays))
     created = asyncio.run(create(settings.kafka_bootstrap, new, settings.replication))
     click.echo(f"{len(created)} topic(s) created for {to_prefix} with {partitions} partitions")
-    old, changelog = f"{settings.app_id}-state-changelog", f"{to_app_id}-state-changelog"
+    old, changelog = fleet_catalogue(settings).state_changelog, new.state_changelog
     copied = asyncio.run(copy_state(settings.kafka_bootstrap, old, changelog, partitions))
-    click.echo(f"carried {copied:,} state record(s) over to {to_app_id}-state-changelog")
+    click.echo(f"carried {copied:,} state record(s) over to {changelog}")
 
 
 @main.command("archive")

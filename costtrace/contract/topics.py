@@ -90,6 +90,12 @@ class Catalogue:
         return next(t.name for t in self.by_role("output") if t.name.endswith(".allocations"))
 
     @property
+    def state_changelog(self) -> str:
+        """The allocator's table's changelog (faust names it `{app_id}-{table}-changelog`)."""
+        (changelog,) = self.by_role("changelog")
+        return changelog.name
+
+    @property
     def dead_letters(self) -> str:
         return next(t.name for t in self.by_role("output") if t.name.endswith(".dead-letters"))
 

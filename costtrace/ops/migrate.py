@@ -43,8 +43,16 @@ def canonical_instant(text: str) -> str:
 def opening_events(
     as_of: str, balances: list[tuple[str, int]], budget: str = LEGACY
 ) -> list[tuple[str, bytes]]:
-    """(account_id, event JSON) for every account with a positive balance, in the file's order."""
+    """(account_id, event JSON) for every account with a positive balance, in the file's order.
+
+    A negative balance is refused (ValueError): an opening balance is a batch, and cannot carry debt.
+    """
     as_of = canonical_instant(as_of)  # a valid RFC 3339 instant, or ValueError
+    negative = sum(1 for _, amount in balances if amount < 0)
+    if negative:
+        raise ValueError(
+            f"{negative} account(s) have a negative balance at T: an opening balance cannot carry debt"
+        )
     opening = f"opening@{as_of}"
     out = []
     for account, amount in balances:

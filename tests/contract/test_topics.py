@@ -20,6 +20,7 @@ def test_every_event_type_has_exactly_one_input_topic() -> None:
     }  # fmt: skip
     assert cat.credits == "ct.credits"
     assert cat.named("ct-app-state-changelog").configs["cleanup.policy"] == "compact"
+    assert cat.state_changelog == "ct-app-state-changelog"
     assert all(t.configs.get("retention.ms") for t in cat.by_role("input"))
 
 
