@@ -1,25 +1,323 @@
-"""costtrace.fleet.internals against the installed faust, mode and aiokafka.
+"""costtrace.fleet.internals: its fixes around faust's consumer, and the libraries it reaches into.
 
-Each attribute the module replaces or reads must still exist, and where its
+The fixes: no stream event before its seek, no fetch of paused partitions, no
+partition left past records faust dropped, the hand-over of fetched messages
+without tasks, commits at the hold's commit point. The libraries: each
+attribute the module replaces or reads must still exist and, where its
 meaning can be read from the library's source, still mean what the fix
-relies on. A failure here means: read the library's change before pinning
+relies on. A failure there means: read the library's change before pinning
 the new version (constraints.txt, pyproject.toml, `TESTED`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import importlib
 import inspect
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
+from unittest.mock import ANY
 
 import pytest
+from aiokafka.structs import OffsetAndMetadata
+from faust.types import TP
+from mode import Service
+from mode.services import WaitResults
+from mode.utils.queues import FlowControlEvent, ThrowableQueue
 
 from costtrace.fleet import internals
-from costtrace.fleet.internals import TESTED, TOUCHED, Touch, UntestedVersions, check_versions
+from costtrace.fleet.internals import (
+    TESTED,
+    TOUCHED,
+    ConsumerGuards,
+    Hold,
+    StreamRoom,
+    Touch,
+    UntestedVersions,
+    check_versions,
+    fast_hand_over,
+)
+from costtrace.fleet.merge import LogMerge
+
+STREAM, OTHER, CHANGELOG = TP("p.issued", 0), TP("p.issued", 1), TP("app-state-changelog", 0)
+
+
+class Consumer:
+    """The two calls faust's recovery makes, in its order: resume, then seek."""
+
+    def __init__(self) -> None:
+        self.active: set[TP] = set()
+        self.calls: list[str] = []
+        self.seek_done = asyncio.Event()
+        self.assigned = {STREAM, CHANGELOG}
+        self._committed_offset: dict[TP, int | None] = {}
+        self.positions: dict[TP, int] = {}
+
+    def resume_partitions(self, tps: Any) -> None:
+        self.active |= set(tps)
+        self.calls.append(f"resume {sorted(tp.topic for tp in tps)}")
+
+    async def perform_seek(self) -> None:
+        self.calls.append(f"seek while active={sorted(tp.topic for tp in self.active)}")
+        await self.seek_done.wait()
+
+    async def seek_wait(self, partitions: dict[TP, int]) -> None:
+        self.positions.update(partitions)
+
+    def assignment(self) -> set[TP]:
+        return self.assigned
+
+    async def _getmany(self, active_partitions: Any, timeout: float) -> Any:
+        self.fetching = active_partitions
+        await asyncio.sleep(0)
+        return {tp: [] for tp in active_partitions}
+
+
+async def test_stream_partitions_resume_only_after_the_seek() -> None:
+    consumer = Consumer()
+    ConsumerGuards(consumer, lambda tp: tp.topic.endswith("-changelog"))
+
+    consumer.resume_partitions({STREAM, OTHER, CHANGELOG})
+    assert consumer.active == {CHANGELOG}  # changelogs resume at once (recovery reads them)
+    seek = asyncio.ensure_future(consumer.perform_seek())
+    await asyncio.sleep(0)
+    assert consumer.active == {CHANGELOG}, "a stream partition was fetched before its seek"
+    consumer.seek_done.set()
+    await seek
+    # OTHER was revoked meanwhile (not in the assignment): it stays paused
+    assert consumer.active == {CHANGELOG, STREAM}
+    assert consumer.calls[1] == "seek while active=['app-state-changelog']"
+
+
+async def test_the_consumer_thread_fetches_a_snapshot_of_the_active_partitions() -> None:
+    consumer = Consumer()
+    ConsumerGuards(consumer, lambda tp: tp.topic.endswith("-changelog"))
+    active = {CHANGELOG}
+    fetch = asyncio.ensure_future(consumer._getmany(active_partitions=active, timeout=1.0))
+    await asyncio.sleep(0)
+    active.discard(CHANGELOG)  # recovery pauses the changelog while the fetch waits
+    assert await fetch == {CHANGELOG: []}
+    assert consumer.fetching == {CHANGELOG}, "an emptied set reads as every partition in aiokafka"
+
+
+async def test_stream_partitions_the_group_never_committed_are_read_again_from_their_beginning() -> None:
+    consumer = Consumer()
+    ConsumerGuards(consumer, lambda tp: tp.topic.endswith("-changelog"))
+    consumer.assigned = {STREAM, OTHER, CHANGELOG}
+    consumer._committed_offset = {STREAM: 7}  # OTHER: never committed; CHANGELOG: recovery's business
+    consumer.seek_done.set()
+    await consumer.perform_seek()
+    assert consumer.positions == {OTHER: 0}
+
+
+class Fetching(Service):
+    """A mode service with a consumer's `suspend_flow`; counts the calls of mode's own `wait_first`."""
+
+    def __init__(self, room: StreamRoom | None = None) -> None:
+        super().__init__()
+        self.suspend_flow = asyncio.Event()
+        self.slow_paths = 0
+        slow = self.wait_first
+
+        async def counted(*coros: Any, timeout: Any = None) -> Any:
+            self.slow_paths += 1
+            return await slow(*coros, timeout=timeout)
+
+        self.wait_first = counted  # type: ignore[method-assign]
+        fast_hand_over(self, room)
+
+
+async def test_a_hand_over_that_finishes_at_once_takes_no_task_and_closes_the_flow_wait() -> None:
+    consumer = Fetching()
+
+    async def put(value: int) -> int:
+        return value * 2
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = await consumer.wait_first(put(21), consumer.suspend_flow.wait())
+        gc.collect()
+    assert got == WaitResults([ANY], [42], False)
+    assert consumer.slow_paths == 0
+    assert not [w for w in caught if "never awaited" in str(w.message)]
+
+
+async def test_a_hand_over_that_waits_goes_on_as_before_and_gives_its_result() -> None:
+    consumer = Fetching()
+    queue: asyncio.Queue[int] = asyncio.Queue(maxsize=1)
+    queue.put_nowait(0)  # full: the hand-over waits for room
+
+    async def put(value: int) -> str:
+        await queue.put(value)
+        await asyncio.sleep(0)  # and suspends once more after its first wait
+        return "put"
+
+    waiting = asyncio.ensure_future(consumer.wait_first(put(7), consumer.suspend_flow.wait()))
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    assert queue.get_nowait() == 0
+    got = await asyncio.wait_for(waiting, 1)
+    assert got.results == ["put"] and not got.stopped
+    assert queue.get_nowait() == 7
+    assert consumer.slow_paths == 1
+
+
+async def test_a_waiting_hand_over_is_cancelled_when_the_flow_is_suspended() -> None:
+    consumer = Fetching()
+    queue: asyncio.Queue[int] = asyncio.Queue(maxsize=1)
+    queue.put_nowait(0)
+    cleaned: list[str] = []
+
+    async def put(value: int) -> None:
+        try:
+            await queue.put(value)
+        finally:
+            cleaned.append("finally")
+
+    waiting = asyncio.ensure_future(consumer.wait_first(put(7), consumer.suspend_flow.wait()))
+    await asyncio.sleep(0.01)
+    consumer.suspend_flow.set()  # a rebalance starts: faust stops handing over
+    got = await asyncio.wait_for(waiting, 1)
+    await asyncio.sleep(0)  # the cancelled hand-over runs its cleanup
+    assert got.results == [True]  # the flow's wait won
+    assert cleaned == ["finally"]
+    assert queue.qsize() == 1 and queue.get_nowait() == 0  # the event was not put
+
+
+async def test_a_failing_hand_over_raises_on_either_path() -> None:
+    consumer = Fetching()
+
+    async def fail_at_once() -> None:
+        raise ValueError("at once")
+
+    async def fail_later() -> None:
+        await asyncio.sleep(0.01)
+        raise ValueError("later")
+
+    for coro, message in ((fail_at_once(), "at once"), (fail_later(), "later")):
+        try:
+            await consumer.wait_first(coro, consumer.suspend_flow.wait())
+        except ValueError as exc:
+            assert str(exc) == message
+        else:
+            raise AssertionError("the hand-over's error was lost")
+    assert consumer.slow_paths == 1
+
+
+def _stream_queue(maxsize: int) -> Any:
+    """A queue as faust gives a stream (mode's, with its pressure marks: drop at 40%)."""
+    return ThrowableQueue(maxsize=maxsize, flow_control=FlowControlEvent())
+
+
+async def test_a_full_stream_queue_takes_hand_overs_again_only_once_drained_to_its_drop_mark() -> None:
+    room = StreamRoom()
+    consumer = Fetching(room)
+    queue = _stream_queue(10)  # drop mark: 4
+    room.watch(queue)
+    for i in range(10):
+        queue.put_nowait(i)
+
+    async def put(value: int) -> str:
+        queue.put_nowait(value)  # as faust's on_message, once there is room
+        return "put"
+
+    waiting = asyncio.ensure_future(consumer.wait_first(put(10), consumer.suspend_flow.wait()))
+    await asyncio.sleep(0.005)
+    assert not waiting.done()
+    taken = []
+    for _ in range(5):  # one slot free would do for a plain queue; the room waits for more
+        taken.append(queue.get_nowait())
+        await asyncio.sleep(0.005)
+        assert not waiting.done()
+    taken.append(queue.get_nowait())  # 4 left: drained
+    got = await asyncio.wait_for(waiting, 1)
+    assert got.results == ["put"] and not got.stopped
+    assert taken == list(range(6)) and queue.qsize() == 5
+    assert consumer.slow_paths == 1  # the one wait for room; the hand-over itself on the fast path
+
+    # with room left, the next hand-overs go straight through
+    for value in (11, 12, 13):
+        assert (await consumer.wait_first(put(value), consumer.suspend_flow.wait())).results == ["put"]
+    assert consumer.slow_paths == 1
+
+
+async def test_a_hand_over_waiting_for_room_is_dropped_unrun_when_the_flow_is_suspended() -> None:
+    room = StreamRoom()
+    consumer = Fetching(room)
+    queue = _stream_queue(4)
+    room.watch(queue)
+    for i in range(4):
+        queue.put_nowait(i)
+    ran: list[int] = []
+
+    async def put(value: int) -> None:
+        ran.append(value)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        waiting = asyncio.ensure_future(consumer.wait_first(put(4), consumer.suspend_flow.wait()))
+        await asyncio.sleep(0.01)
+        consumer.suspend_flow.set()  # a rebalance starts while the queue is full
+        got = await asyncio.wait_for(waiting, 1)
+        gc.collect()
+    assert got.results == [True] and ran == []
+    assert not [w for w in caught if "never awaited" in str(w.message)]
+    queue.clear()  # faust clears the stream queues; after the rebalance the room is there again
+    consumer.suspend_flow.clear()
+    assert (await consumer.wait_first(put(5), consumer.suspend_flow.wait())).results == [None]
+    assert ran == [5]
+
+
+class CommittedConsumer:
+    """What `Hold.start` reads of faust's consumer: the generation, the committed offsets, the log starts."""
+
+    def __init__(self, committed: dict[TP, OffsetAndMetadata], earliest: dict[TP, int]) -> None:
+        self.app = SimpleNamespace(consumer_generation_id=2)
+        coordinator = SimpleNamespace(
+            fetch_committed_offsets=lambda tps: {t: committed[t] for t in tps if t in committed}
+        )
+        self._thread = SimpleNamespace(
+            _consumer=SimpleNamespace(_coordinator=coordinator), call_thread=self.call
+        )
+        self.earliest = earliest
+        self.asked: list[TP] = []
+
+    async def call(self, fn: Any, *args: Any) -> Any:
+        return fn(*args)
+
+    async def earliest_offsets(self, *tps: TP) -> dict[TP, int]:
+        self.asked += tps
+        return {tp: self.earliest[tp] for tp in tps}
+
+
+async def test_a_partition_never_committed_starts_where_its_log_starts_not_where_a_stale_record_says() -> (
+    None
+):
+    topics = {"p.opened": 0, "p.issued": 1, "p.transferred": 3}
+    merge = LogMerge(topics, "p.credits", 1, 3.0)
+    hold = Hold(merge, {*topics, "p.credits"})
+    credits, issued, opened = TP("p.credits", 0), TP("p.issued", 0), TP("p.opened", 0)
+    transferred = TP("p.transferred", 0)
+    committed = {opened: OffsetAndMetadata(7, ""), transferred: OffsetAndMetadata(0, "")}
+    hold._consumer = CommittedConsumer(committed, {credits: 3, issued: 0})
+    await hold.start({credits, issued, opened, transferred})
+    assert sorted(hold._consumer.asked) == sorted([credits, issued])  # only the never committed
+
+    # faust hands over a record it fetched before its seek: later than the log's start, so not taken
+    stale = SimpleNamespace(key=b"a", value=b"")
+    merge.add("p.credits", 0, 128, 0, [], stale)
+    merge.add("p.issued", 0, 40, 0, [], stale)
+    assert merge.resync == {("p.credits", 0): 3, ("p.issued", 0): 0}
+    assert merge.held == 0
+    merge.add("p.issued", 0, 0, 0, [], stale)  # read again from the start: taken
+    assert merge.held == 1 and ("p.issued", 0) not in merge.resync
+
 
 REPO = Path(__file__).resolve().parents[2]
 
