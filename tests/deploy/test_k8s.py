@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import functools
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -128,10 +130,14 @@ def test_keda_scales_the_allocator_group_up_to_the_partition_count(
     assert trigger["metadata"]["consumerGroup"] == settings["COSTTRACE_APP_ID"]
     assert trigger["metadata"]["bootstrapServers"] == settings["COSTTRACE_KAFKA_BOOTSTRAP"]
     assert trigger["metadata"]["allowIdleConsumers"] == "false"
-    assert (
-        by_kind(docs, "StatefulSet")["costtrace-allocator"]["spec"]["replicas"]
-        <= obj["spec"]["maxReplicaCount"]
-    )
+    # KEDA owns the count: an apply that set replicas would reset it and rebalance the group
+    assert "replicas" not in by_kind(docs, "StatefulSet")["costtrace-allocator"]["spec"]
+    assert 1 <= obj["spec"]["minReplicaCount"] <= obj["spec"]["maxReplicaCount"]
+    # scale-down through the HPA's behaviour (cooldownPeriod only applies to scaling to zero)
+    assert "cooldownPeriod" not in obj["spec"]
+    down = obj["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]
+    assert down["stabilizationWindowSeconds"] >= 300
+    assert down["policies"] == [{"type": "Pods", "value": 1, "periodSeconds": 300}]
 
 
 def test_the_reconciler_is_a_singleton_that_never_overlaps_itself(
@@ -197,3 +203,92 @@ def test_allocators_and_sinks_spread_over_nodes(rendered: tuple[str, list[dict[s
         assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
         own = term["podAffinityTerm"]["labelSelector"]["matchLabels"]
         assert own.items() <= template["metadata"]["labels"].items(), name
+
+
+def test_a_config_change_rolls_the_pods_that_read_it(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    _, docs = rendered
+    (cm,) = [
+        d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("costtrace-config")
+    ]
+    name = cm["metadata"]["name"]
+    assert re.fullmatch(r"costtrace-config-[a-z0-9]{10}", name)  # kustomize's hash of the content
+    readers = 0
+    for workload, template in pod_templates(docs).items():
+        pod = template["spec"]
+        for container in pod.get("initContainers", []) + pod["containers"]:
+            refs = [e["configMapRef"]["name"] for e in container.get("envFrom", []) if "configMapRef" in e]
+            assert refs == [name], (workload, container["name"])
+            readers += 1
+    assert readers >= 7
+
+
+def test_every_container_init_ones_included_asks_for_resources(
+    rendered: tuple[str, list[dict[str, Any]]],
+) -> None:
+    _, docs = rendered
+    for workload, template in pod_templates(docs).items():
+        pod = template["spec"]
+        for container in pod.get("initContainers", []) + pod["containers"]:
+            resources = container.get("resources", {})
+            assert {"cpu", "memory"} <= resources.get("requests", {}).keys(), (workload, container["name"])
+            assert "memory" in resources.get("limits", {}), (workload, container["name"])
+
+
+def test_every_pod_carries_the_fleets_label(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    _, docs = rendered
+    for workload, template in pod_templates(docs).items():
+        assert template["metadata"]["labels"]["app.kubernetes.io/part-of"] == "costtrace", workload
+
+
+RUNBOOKS = [*sorted((REPO / "docs" / "runbooks").glob("*.md")), REPO / "docs" / "operations.md"]
+KUBECTL = re.compile(r"`(kubectl [^`]+)`")
+
+
+def kubectl_commands() -> list[tuple[str, str]]:
+    """(file, command) of every `kubectl ...` the runbooks and the operations guide tell someone to run."""
+    out = []
+    for path in RUNBOOKS:
+        text = re.sub(r"\s*\n\s*", " ", path.read_text())  # commands wrap across lines
+        out += [(path.name, command) for command in KUBECTL.findall(text)]
+    return out
+
+
+@functools.cache
+def prod() -> list[dict[str, Any]]:
+    return kustomize(REPO / "deploy" / "k8s" / "overlays" / "prod")
+
+
+def test_the_runbooks_tell_kubectl_commands() -> None:
+    assert len(kubectl_commands()) >= 10
+
+
+@pytest.mark.parametrize(("doc", "command"), kubectl_commands(), ids=lambda v: v[:60])
+def test_every_runbook_command_names_what_the_manifests_hold(doc: str, command: str) -> None:
+    """Selectors match some pod, and every kind/name or pod, PVC and job name exists in `prod`."""
+    docs = prod()
+    templates = pod_templates(docs)
+    names = {(d["kind"].lower(), d["metadata"]["name"]) for d in docs}
+    words = command.split()
+    for i, word in enumerate(words):
+        if word == "-l":
+            key, _, value = words[i + 1].partition("=")
+            if "<" in value:
+                continue  # a placeholder the reader fills in, checked below for each role
+            assert any(t["metadata"]["labels"].get(key) == value for t in templates.values()), command
+        kind, slash, name = word.partition("/")
+        if (
+            slash
+            and kind in {"statefulset", "deployment", "cronjob", "scaledobject", "service"}
+            and "<" not in name
+        ):
+            assert (kind, name) in names, command
+    for kind, name in re.findall(r"\b(pod|pvc) ([a-z0-9-]+-\d+)\b", command):
+        workload = name.removeprefix("state-").rsplit("-", 1)[0]
+        assert ("statefulset", workload) in names, command
+        if kind == "pvc":
+            claims = by_kind(docs, "StatefulSet")[workload]["spec"]["volumeClaimTemplates"]
+            assert name.startswith(f"{claims[0]['metadata']['name']}-{workload}-"), command
+    if "costtrace-<role>" in command:
+        for role in ("allocator", "sink", "compensator"):
+            assert any(t["metadata"]["labels"].get("app.kubernetes.io/name") == f"costtrace-{role}"
+                       for t in templates.values()), role  # fmt: skip
