@@ -40,6 +40,7 @@ from costtrace.fleet.internals import (
     RAW,
     Hold,
     StreamRoom,
+    before_services,
     committed_offsets,
     describe_fetch,
     describe_offsets,
@@ -128,7 +129,7 @@ def observe(
     def ready_once_joined() -> str | None:
         if not joined.is_set():
             return "not yet joined its consumer group"
-        return "rebalancing" if app.rebalancing else ready()
+        return ready() or ("rebalancing" if app.rebalancing else None)
 
     async def _assigned(sender: Any, *args: Any, **kwargs: Any) -> None:
         metrics.rebalances.labels(group).inc()
@@ -136,9 +137,10 @@ def observe(
 
     app.on_partitions_assigned.connect(_assigned)  # type: ignore[arg-type]
 
-    @app.task  # type: ignore[untyped-decorator]
     async def _serve() -> None:
         await serve(metrics, Health(alive, ready_once_joined), settings.http_host, settings.http_port)
+
+    before_services(app, _serve)  # answers from the first second: "recovering tables", not silence
 
     if os.environ.get("COSTTRACE_DEBUG_OFFSETS"):
 

@@ -71,6 +71,8 @@ TOUCHED: Final = (
     Touch("faust.worker:Worker", "spinner", True, "None: no spinner, which sets the root logger to DEBUG"),
     Touch("faust.app.base:App", "_new_consumer", True, "makes the app's consumer, once, lazily"),
     Touch("faust.app.base:App", "on_init_dependencies", True, "adds the monitor to app.sensors"),
+    Touch("faust.app.base:App", "on_first_start", True,
+          "mode's hook, awaited before the app's services (consumer, tables' recovery) start"),
     Touch("faust.app.base:App", "monitor", False, "the Monitor sensor on_init_dependencies adds"),
     Touch("faust.transport.consumer:Consumer", "resume_partitions", True,
           "the only call that resumes stream partitions during recovery"),
@@ -118,6 +120,23 @@ TOUCHED: Final = (
     Touch("aiokafka.consumer.consumer:AIOKafkaConsumer", "_subscription", False,
           "its subscription state (debug listing only)"),
 )  # fmt: skip
+
+
+def before_services(app: faust.App, start: Callable[[], Awaitable[Any]]) -> None:
+    """Await `start` as the app starts, before any of its services: the consumer, the tables' recovery.
+
+    faust starts an app's tasks (`@app.task`) only once its tables are
+    recovered, which after a lost volume takes as long as the changelog is
+    big: the health server must answer before that, or a probe kills the pod
+    mid-recovery.
+    """
+    first_start = app.on_first_start
+
+    async def on_first_start() -> None:
+        await first_start()
+        await start()
+
+    app.on_first_start = on_first_start  # type: ignore[method-assign]
 
 
 def committed_offsets(consumer: Any) -> dict[TP, int | None]:

@@ -80,6 +80,11 @@ def test_allocators_keep_their_state_and_stop_cleanly(rendered: tuple[str, list[
     # longer than a flush and a clean RocksDB close; a killed allocator rebuilds its tables
     assert pod["terminationGracePeriodSeconds"] >= 60
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    # a full restore from the changelog is never cut short by a probe: /livez answers during it
+    # (tests/fleet/test_app.py), and the startup probe gives the process an hour to come up
+    startup = container["startupProbe"]
+    assert startup["httpGet"]["path"] == container["livenessProbe"]["httpGet"]["path"] == "/livez"
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 3600
     assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
     assert pod["securityContext"]["runAsNonRoot"] is True
     pdb = by_kind(docs, "PodDisruptionBudget")["costtrace-allocator"]

@@ -469,3 +469,10 @@ def test_nothing_that_does_not_run_faust_imports_it() -> None:
     run = [sys.executable, "-c", code]
     out = subprocess.run(run, check=True, capture_output=True, text=True, cwd=REPO)
     assert out.stdout.strip() == "[]"
+
+
+def test_on_first_start_is_awaited_before_the_apps_services_start() -> None:
+    from mode.services import Service
+
+    body = source_of(Service._actually_start)
+    assert body.index("await self.on_first_start()") < body.index("await child.maybe_start()")
