@@ -18,6 +18,7 @@ from typing import Annotated, ClassVar, Final
 
 import msgspec
 
+from costtrace._native import duplicate_key
 from costtrace.contract.timestamps import TimestampError, parse_instant
 
 MAX_AMOUNT: Final = 10**15
@@ -111,6 +112,7 @@ _loose: Final = msgspec.json.Decoder()
 # JSON can spell U+0000 only as an escape; a raw NUL byte is not JSON at all
 _NUL_ESCAPE: Final = b"\\u0000"
 NUL_DETAIL: Final = "a string holds U+0000 (NUL), which no PostgreSQL text column can store"
+DUPLICATE_DETAIL: Final = "a field is named twice, and JSON parsers differ on which value counts"
 
 
 def _valid_text(value: object) -> str | None:
@@ -137,13 +139,17 @@ def parse_event(raw: bytes | str) -> Event | Invalid:
     except RecursionError:  # nested deeper than the decoder goes: not an event either
         return Invalid(None, None, "JSON is nested too deeply to be an event")
     else:
-        nul_escape = _NUL_ESCAPE if isinstance(raw, bytes) else _NUL_ESCAPE.decode()
-        if nul_escape not in raw:  # type: ignore[operator]  # bytes in bytes, str in str
-            return ev
-        field = _holds_nul(ev)
-        if field is None:
-            return ev
-        detail = f"{NUL_DETAIL} - at `$.{field}`"
+        data = raw if isinstance(raw, bytes) else raw.encode()
+        twice = duplicate_key(data)
+        if twice is not None:  # parsers differ on which value counts: the event has no single meaning
+            detail = f"{DUPLICATE_DETAIL} - at `$.{twice}`"
+        else:
+            if _NUL_ESCAPE not in data:
+                return ev
+            field = _holds_nul(ev)
+            if field is None:
+                return ev
+            detail = f"{NUL_DETAIL} - at `$.{field}`"
     try:
         loose = _loose.decode(raw)
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):

@@ -11,6 +11,7 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod instant;
+mod keys;
 mod model;
 mod partition;
 mod state;
@@ -426,6 +427,12 @@ fn partition_for(key: &[u8], partitions: u32) -> PyResult<u32> {
     Ok(partition::partition_for(key, partitions))
 }
 
+/// The first name an event's top-level JSON object gives twice, or None (native/src/keys.rs).
+#[pyfunction]
+fn duplicate_key(json: &[u8]) -> Option<String> {
+    keys::duplicate_key(json)
+}
+
 /// Nanoseconds since the epoch of an RFC 3339 date-time, or None where `parse_rfc3339` must decide.
 #[pyfunction(name = "instant")]
 fn parse_instant(text: &str) -> Option<i64> {
@@ -473,5 +480,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("LAST_YEAR", instant::LAST_YEAR)?;
     m.add_function(wrap_pyfunction!(event_key, m)?)?;
     m.add_function(wrap_pyfunction!(partition_for, m)?)?;
+    m.add_function(wrap_pyfunction!(duplicate_key, m)?)?;
     Ok(())
 }

@@ -20,6 +20,7 @@ import asyncpg
 import msgspec
 
 from costtrace._native import partition_for
+from tests.contract.hostile import corpus
 from tests.integration.fleet import REPO, Fleet, by_account, differences, replay
 from tests.integration.producers import java_producer, kcat, kcat_keyed
 
@@ -65,6 +66,8 @@ def hostile_values(kind: str) -> list[tuple[bytes | None, bytes]]:
         (acct.encode(), bytes(range(256)) * 3906 + b"\x00" * 64),  # a megabyte (1,000,000 bytes) of binary
         (None, event(kind, acct, 9, **fields(kind, 9))),  # valid, but no key
         (acct.encode(), b"[" * 50_000),  # nested deeper than any decoder recurses
+        # the decoders' hostile corpus (tests/contract/hostile.py), all but what the broker refuses itself
+        *[(acct.encode(), value) for value in corpus(kind).values() if len(value) < 1_000_000],
     ]
 
 
