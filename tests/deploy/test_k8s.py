@@ -297,3 +297,9 @@ def test_every_runbook_command_names_what_the_manifests_hold(doc: str, command: 
         for role in ("allocator", "sink", "compensator"):
             assert any(t["metadata"]["labels"].get("app.kubernetes.io/name") == f"costtrace-{role}"
                        for t in templates.values()), role  # fmt: skip
+
+
+def test_the_fleet_retries_no_rejection_on_a_timer(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    """A timed retry judges an event at another place than the log's: fleet = replay needs none."""
+    _, docs = rendered
+    assert config(docs)["COSTTRACE_RETRY_REASONS"] == "[]"
