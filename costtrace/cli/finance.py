@@ -12,7 +12,7 @@ from typing import BinaryIO
 
 import click
 
-from costtrace.cli.main import _exit_without_freeing, _open_in, _open_out, _settings, main
+from costtrace.cli.main import _exit_without_freeing, _kafka, _open_in, _open_out, _settings, main
 
 
 @main.command()
@@ -112,7 +112,9 @@ def _replay_topics(output: str, node: str | None) -> None:
     settings = _settings()
     cat = fleet_catalogue(settings)
     try:
-        records = asyncio.run(read_inputs(settings.kafka_bootstrap, cat, settings.partitions))
+        records = asyncio.run(
+            read_inputs(settings.kafka_bootstrap, cat, settings.partitions, **_kafka(settings))
+        )
     except TruncatedLog as exc:
         raise click.ClickException(f"cannot replay the topics: {exc}") from exc
     counts: dict[str, int] = {}
@@ -162,7 +164,7 @@ def audit(as_json: bool, limit: int, node: str | None) -> None:
         result = asyncio.run(
             run_audit(
                 settings.kafka_bootstrap, settings.postgres_dsn.get_secret_value(), fleet_catalogue(settings),
-                settings.partitions, _node(node),
+                settings.partitions, _node(node), **_kafka(settings),
             )
         )  # fmt: skip
     except TruncatedLog as exc:

@@ -17,6 +17,18 @@ def down(service: str, exc: BaseException) -> str:
     return f"{service} unavailable ({type(exc).__name__}: {first})"
 
 
+_SECRET = ("password", "dsn", "url", "secret", "token")
+
+
+def _setting_error(error: dict[str, Any]) -> str:
+    """One setting's error, its value shown unless it may hold a secret (a password, a DSN, a URL)."""
+    where = "_".join(map(str, error["loc"]))
+    if not where:  # a check across settings: the message names them
+        return str(error["msg"]).removeprefix("Value error, ")
+    shown = "***" if any(word in where.lower() for word in _SECRET) else repr(error.get("input"))
+    return f"COSTTRACE_{where.upper()}={shown}: {error['msg']}"
+
+
 def unavailable(exc: BaseException) -> str | None:
     """What an operator needs of an error that is no bug: a service down, a bad setting, no schema.
 
@@ -27,11 +39,7 @@ def unavailable(exc: BaseException) -> str | None:
     name = type(exc).__name__
     module = type(exc).__module__
     if name == "ValidationError" and module.startswith("pydantic"):
-        wrong = "; ".join(
-            f"COSTTRACE_{'_'.join(map(str, e['loc'])).upper()}={e.get('input')!r}: {e['msg']}"
-            for e in exc.errors()  # type: ignore[attr-defined]
-        )
-        return f"invalid setting: {wrong}"
+        return f"invalid setting: {'; '.join(map(_setting_error, exc.errors()))}"  # type: ignore[attr-defined]
     if module.startswith("aiokafka"):
         return down("Kafka", exc)
     if module.startswith("redis"):
@@ -99,6 +107,13 @@ def _exit_without_freeing() -> None:
     real.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def _kafka(settings: Any) -> dict[str, Any]:
+    """The Kafka security options (TLS, SASL) every client of a command is built with."""
+    from costtrace.fleet.settings import kafka_client_options
+
+    return kafka_client_options(settings)
 
 
 def _settings(**overrides: Any) -> Any:

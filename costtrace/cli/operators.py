@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from costtrace.cli.main import _settings, down, main
+from costtrace.cli.main import _kafka, _settings, down, main
 
 
 @main.group()
@@ -46,7 +46,9 @@ def topics_create() -> None:
     from costtrace.ops.topics import create
 
     settings = _settings()
-    created = asyncio.run(create(settings.kafka_bootstrap, fleet_catalogue(settings), settings.replication))
+    created = asyncio.run(
+        create(settings.kafka_bootstrap, fleet_catalogue(settings), settings.replication, **_kafka(settings))
+    )
     click.echo(f"created {len(created)} topic(s)" + (f": {', '.join(created)}" if created else ""))
 
 
@@ -60,7 +62,7 @@ def topics_check() -> None:
 
     settings = _settings()
     try:
-        asyncio.run(check(settings.kafka_bootstrap, fleet_catalogue(settings)))
+        asyncio.run(check(settings.kafka_bootstrap, fleet_catalogue(settings), **_kafka(settings)))
     except (LookupError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo("topics ok")
@@ -114,7 +116,7 @@ def worker(role: str, state_dir: str | None, loglevel: str | None) -> None:
     settings = _settings(state_dir=Path(state_dir) if state_dir else None)
     try:
         require_codecs()
-        asyncio.run(check(settings.kafka_bootstrap, fleet_catalogue(settings)))
+        asyncio.run(check(settings.kafka_bootstrap, fleet_catalogue(settings), **_kafka(settings)))
     except (LookupError, ValueError, MissingCodecs) as exc:
         raise click.ClickException(f"refusing to start: {exc}") from exc
     if role == "sink":  # a plain Kafka consumer, no faust (costtrace/fleet/sink.py)
@@ -237,7 +239,7 @@ def dlq_show(origin: str, payload_to: str | None) -> None:
         raise click.ClickException(f"no parked letter {origin!r}")
     payload = letter["payload"]
     if payload is None:  # too long to travel in its letter: still in its input topic
-        payload = asyncio.run(read_original(settings.kafka_bootstrap, origin))
+        payload = asyncio.run(read_original(settings.kafka_bootstrap, origin, **_kafka(settings)))
     payload = bytes(payload)
     if payload_to is not None:
         with click.open_file(payload_to, "wb") as out:
@@ -285,7 +287,7 @@ def dlq_replay(letters: Any, again: bool, discarded: bool) -> None:
 
     settings = _settings()
     dsn = settings.postgres_dsn.get_secret_value()
-    done = asyncio.run(replay(dsn, settings.kafka_bootstrap, letters, again, discarded))
+    done = asyncio.run(replay(dsn, settings.kafka_bootstrap, letters, again, discarded, **_kafka(settings)))
     said = f"replayed {done.sent} letter(s)"
     if done.not_parked:
         said += f"; {done.not_parked} not parked, left alone"
@@ -536,6 +538,7 @@ def migrate_cmd(as_of: str, balances: str, budget: str, rate: float | None) -> N
                 rate,
                 bar.update,
                 settings.topic_prefix,
+                **_kafka(settings),
             )
         )
     resumed = f"resumed after {start:,}; " if start else ""
@@ -567,10 +570,10 @@ def repartition(to_prefix: str, to_app_id: str, partitions: int) -> None:
     if to_prefix == settings.topic_prefix or to_app_id == settings.app_id:
         raise click.UsageError("the new generation needs its own prefix and app id")
     new = catalogue(to_prefix, partitions, to_app_id, len(settings.retry_delays))
-    created = asyncio.run(create(settings.kafka_bootstrap, new, settings.replication))
+    created = asyncio.run(create(settings.kafka_bootstrap, new, settings.replication, **_kafka(settings)))
     click.echo(f"{len(created)} topic(s) created for {to_prefix} with {partitions} partitions")
     old, changelog = fleet_catalogue(settings).state_changelog, new.state_changelog
-    copied = asyncio.run(copy_state(settings.kafka_bootstrap, old, changelog, partitions))
+    copied = asyncio.run(copy_state(settings.kafka_bootstrap, old, changelog, partitions, **_kafka(settings)))
     click.echo(f"carried {copied:,} state record(s) over to {changelog}")
 
 
@@ -613,7 +616,7 @@ def archive_cmd(before: str | None, refund_window: str | None, chunk: int) -> No
         try:
             dsn = settings.postgres_dsn.get_secret_value()
             orders, moved, told = asyncio.run(
-                archive(dsn, settings.kafka_bootstrap, topic, when, chunk, bar.update)
+                archive(dsn, settings.kafka_bootstrap, topic, when, chunk, bar.update, **_kafka(settings))
             )
         except ArchiveMismatch as exc:
             raise click.ClickException(str(exc)) from exc

@@ -7,7 +7,7 @@ from contextlib import ExitStack
 
 import click
 
-from costtrace.cli.main import _open_out, _settings, main
+from costtrace.cli.main import _kafka, _open_out, _settings, main
 
 
 @main.command()
@@ -53,7 +53,9 @@ def simulate(n_events: int, accounts: int, seed: int, rate: float | None, from_f
     else:
         lines = [encode_event(e) for e in generate_events(n_events, accounts, seed)]
     started = time.perf_counter()
-    sent = asyncio.run(publish(settings.kafka_bootstrap, fleet_catalogue(settings), lines, rate))
+    sent = asyncio.run(
+        publish(settings.kafka_bootstrap, fleet_catalogue(settings), lines, rate, **_kafka(settings))
+    )
     elapsed = time.perf_counter() - started
     click.echo(f"published {sent:,} events in {elapsed:.1f} s ({sent / max(elapsed, 1e-9):,.0f}/s)")
 

@@ -59,7 +59,7 @@ from costtrace.fleet.merge import (
 )
 from costtrace.fleet.metrics import Health, Metrics, lag_of, serve
 from costtrace.fleet.outbox import Outbox, fits_one_batch
-from costtrace.fleet.settings import Settings, fleet_catalogue
+from costtrace.fleet.settings import Settings, fleet_catalogue, kafka_ssl_context
 from costtrace.fleet.state import AccountsHeld, PartitionTable, TableStore
 from costtrace.fleet.switch import SwitchHolder, switch_key
 from costtrace.model.order import RANK, OrderKey
@@ -68,10 +68,25 @@ from costtrace.model.state import Settled
 log = logging.getLogger(__name__)
 
 
+def broker_credentials(settings: Settings) -> Any:
+    """faust's form of the Kafka security settings (its clients take them from here); None: plaintext."""
+    protocol = settings.kafka_security_protocol
+    if protocol == "PLAINTEXT":
+        return None
+    context = kafka_ssl_context(settings) if protocol in ("SSL", "SASL_SSL") else None
+    if protocol == "SSL":
+        return faust.SSLCredentials(context)
+    return faust.SASLCredentials(
+        username=settings.kafka_sasl_username, password=settings.kafka_sasl_secret(),
+        mechanism=settings.kafka_sasl_mechanism, ssl_context=context,
+    )  # fmt: skip
+
+
 def _base_config(settings: Settings, app_id: str) -> dict[str, Any]:
     return {
         "id": app_id,
         "broker": [f"kafka://{b}" for b in settings.kafka_bootstrap.split(",")],
+        "broker_credentials": broker_credentials(settings),
         "processing_guarantee": "at_least_once",
         "topic_partitions": settings.partitions,
         "topic_replication_factor": settings.replication,

@@ -38,7 +38,7 @@ from costtrace.contract.topics import retry_topic
 from costtrace.fleet.allocator import LATE_EVENT
 from costtrace.fleet.app import _base_config, observe
 from costtrace.fleet.internals import RAW, install
-from costtrace.fleet.settings import Settings, fleet_catalogue
+from costtrace.fleet.settings import Settings, fleet_catalogue, kafka_client_options
 from costtrace.model.state import Position
 from costtrace.ops.dlq import Filter
 from costtrace.ops.dlq import replay as redrive
@@ -171,7 +171,7 @@ def compensator_app(
                 sent = (await redrive(
                     settings.postgres_dsn.get_secret_value(), settings.kafka_bootstrap,
                     Filter(account=letter.account_id, reasons=REDRIVEN_BY_LATE_EVENTS),
-                    by=f"compensator: late event {origin_of(letter)}",
+                    by=f"compensator: late event {origin_of(letter)}", **kafka_client_options(settings),
                 )).sent  # fmt: skip
                 metrics.compensations.labels("redriven").inc(sent)
                 if sent:

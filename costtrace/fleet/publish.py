@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import time
 from collections.abc import Iterable
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
@@ -13,10 +14,10 @@ from costtrace.contract.topics import Catalogue
 from costtrace.model.order import publish_kind_and_key, record_times
 
 
-def reliable_producer(bootstrap: str, linger_ms: int = 5) -> AIOKafkaProducer:
+def reliable_producer(bootstrap: str, linger_ms: int = 5, **client: Any) -> AIOKafkaProducer:
     """A producer for what must not be lost or doubled by a retry: every replica acks, idempotent."""
     return AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=linger_ms
+        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=linger_ms, **client
     )
 
 
@@ -27,7 +28,12 @@ def route(line: bytes, cat: Catalogue) -> tuple[str, bytes | None]:
 
 
 async def publish(
-    bootstrap: str, cat: Catalogue, lines: Iterable[bytes], rate: float | None = None, stamp: bool = True
+    bootstrap: str,
+    cat: Catalogue,
+    lines: Iterable[bytes],
+    rate: float | None = None,
+    stamp: bool = True,
+    **client: Any,
 ) -> int:
     """Send every line to its topic; `rate` caps events per second. Returns the count sent.
 
@@ -37,7 +43,7 @@ async def publish(
     happen. A line without a key goes to partition 0, so that where each
     record lands is a function of the log (`costtrace.model.order.as_published`).
     """
-    producer = reliable_producer(bootstrap)
+    producer = reliable_producer(bootstrap, **client)
     await producer.start()
     sent = 0
     started = time.monotonic()

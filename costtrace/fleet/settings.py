@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Literal, Self
 
-from pydantic import SecretStr
+from pydantic import SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from costtrace.contract.topics import Catalogue, catalogue
@@ -14,6 +15,19 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="COSTTRACE_", frozen=True)
 
     kafka_bootstrap: str = "127.0.0.1:19092"
+    # how every Kafka client (faust's, aiokafka's, the admin's) connects: docs/operations.md, "Security"
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    # or the password from a file (a mounted Secret), read at start; never logged either way
+    kafka_sasl_password_file: Path | None = None
+    # TLS: the CA that signed the brokers' certificates (default: the system's), and for mutual
+    # TLS this client's certificate and key (PEM)
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
+    kafka_ssl_key_password: SecretStr | None = None
     postgres_dsn: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:15432/costtrace")
     redis_url: SecretStr = SecretStr("redis://127.0.0.1:16379/0")
 
@@ -64,7 +78,58 @@ class Settings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = 9400
 
+    @model_validator(mode="after")
+    def _kafka_credentials(self) -> Self:
+        if self.kafka_security_protocol.startswith("SASL"):
+            if not self.kafka_sasl_username:
+                protocol = self.kafka_security_protocol
+                raise ValueError(f"COSTTRACE_KAFKA_SASL_USERNAME is required with {protocol}")
+            if self.kafka_sasl_password is None and self.kafka_sasl_password_file is None:
+                raise ValueError(
+                    f"COSTTRACE_KAFKA_SASL_PASSWORD or COSTTRACE_KAFKA_SASL_PASSWORD_FILE is required with "
+                    f"{self.kafka_security_protocol}"
+                )
+        if (self.kafka_ssl_certfile is None) != (self.kafka_ssl_keyfile is None):
+            raise ValueError("COSTTRACE_KAFKA_SSL_CERTFILE and COSTTRACE_KAFKA_SSL_KEYFILE go together")
+        return self
+
+    def kafka_sasl_secret(self) -> str | None:
+        """The SASL password, from the setting or its file."""
+        if self.kafka_sasl_password is not None:
+            return self.kafka_sasl_password.get_secret_value()
+        if self.kafka_sasl_password_file is not None:
+            return self.kafka_sasl_password_file.read_text().strip()
+        return None
+
 
 def fleet_catalogue(settings: Settings) -> Catalogue:
     """The fleet's topics under these settings."""
     return catalogue(settings.topic_prefix, settings.partitions, settings.app_id, len(settings.retry_delays))
+
+
+def kafka_client_options(settings: Settings) -> dict[str, Any]:
+    """What every aiokafka client of the fleet is built with: its security protocol, TLS and SASL."""
+    protocol = settings.kafka_security_protocol
+    options: dict[str, Any] = {"security_protocol": protocol}
+    if protocol in ("SSL", "SASL_SSL"):
+        options["ssl_context"] = kafka_ssl_context(settings)
+    if protocol.startswith("SASL"):
+        options.update(
+            sasl_mechanism=settings.kafka_sasl_mechanism,
+            sasl_plain_username=settings.kafka_sasl_username,
+            sasl_plain_password=settings.kafka_sasl_secret(),
+        )
+    return options
+
+
+def kafka_ssl_context(settings: Settings) -> Any:
+    """A TLS context that checks the brokers' certificates (and names) against the CA given."""
+    from aiokafka.helpers import create_ssl_context
+
+    key_password = settings.kafka_ssl_key_password
+    return create_ssl_context(
+        cafile=None if settings.kafka_ssl_cafile is None else str(settings.kafka_ssl_cafile),
+        certfile=None if settings.kafka_ssl_certfile is None else str(settings.kafka_ssl_certfile),
+        keyfile=None if settings.kafka_ssl_keyfile is None else str(settings.kafka_ssl_keyfile),
+        password=None if key_password is None else key_password.get_secret_value(),
+    )

@@ -33,7 +33,7 @@ from aiokafka.structs import OffsetAndMetadata
 from costtrace.contract.letters import DeadLetter, printable
 from costtrace.contract.records import Record
 from costtrace.fleet.metrics import Health, Metrics, lag_of, serve
-from costtrace.fleet.settings import Settings, fleet_catalogue
+from costtrace.fleet.settings import Settings, fleet_catalogue, kafka_client_options
 from costtrace.storage.db import DEAD_LETTER_COLUMNS, Database, RowsRefused
 
 log = logging.getLogger(__name__)
@@ -318,6 +318,7 @@ async def run_sink(settings: Settings) -> None:
         session_timeout_ms=int(settings.session_timeout * 1000),
         heartbeat_interval_ms=int(min(3.0, settings.session_timeout / 5) * 1000),
         request_timeout_ms=int(max(90.0, settings.session_timeout * 2) * 1000),
+        **kafka_client_options(settings),
     )
     db = Database(settings.postgres_dsn.get_secret_value())
     sink = Sink(settings, consumer, db, metrics)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import Final
+from typing import Any, Final
 
 import asyncpg
 import msgspec
@@ -92,7 +92,7 @@ async def _move_chunk(
         return int(source["n"])
 
 
-async def _tell_states(conn: asyncpg.Connection, bootstrap: str, topic: str) -> int:
+async def _tell_states(conn: asyncpg.Connection, bootstrap: str, topic: str, **kafka: Any) -> int:
     """One archive message per account with untold orders; marked told once delivered."""
     rows = await conn.fetch(
         "SELECT account_id, order_id FROM archived_orders WHERE NOT state_told ORDER BY 1, 2"
@@ -102,7 +102,7 @@ async def _tell_states(conn: asyncpg.Connection, bootstrap: str, topic: str) -> 
         by_account.setdefault(r["account_id"], []).append(r["order_id"])
     if not by_account:
         return 0
-    producer = reliable_producer(bootstrap)
+    producer = reliable_producer(bootstrap, **kafka)
     try:
         await producer.start()  # in the try: a start that fails leaves nothing open
         for account, orders in by_account.items():
@@ -119,7 +119,7 @@ async def _tell_states(conn: asyncpg.Connection, bootstrap: str, topic: str) -> 
 
 async def archive(
     dsn: str, bootstrap: str, topic: str, before: datetime, chunk: int = 1000,
-    progress: Callable[[int], None] = lambda n: None,
+    progress: Callable[[int], None] = lambda n: None, **kafka: Any,
 ) -> tuple[int, int, int]:  # fmt: skip
     """(orders archived, records moved, accounts told)."""
     conn = await asyncpg.connect(dsn)
@@ -139,7 +139,7 @@ async def archive(
                 break
             accounts, ids = [k["account_id"] for k in keys], [k["batch_id"] for k in keys]
             moved += await _move_chunk(conn, accounts, ids, by_order=False)
-        told = await _tell_states(conn, bootstrap, topic)
+        told = await _tell_states(conn, bootstrap, topic, **kafka)
         return orders, moved, told
     finally:
         await conn.close()

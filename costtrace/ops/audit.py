@@ -54,7 +54,7 @@ class _Never:
 
 
 async def read_inputs(
-    bootstrap: str, cat: Catalogue, partitions: int, whole: bool = True
+    bootstrap: str, cat: Catalogue, partitions: int, whole: bool = True, **client: Any
 ) -> list[InputRecord]:
     """Every record of the input topics and the archive topic, each partition's in offset order.
 
@@ -66,7 +66,7 @@ async def read_inputs(
     }
     kinds[cat.archive] = "archive"
     tps = [TopicPartition(t, p) for t in kinds for p in range(partitions)]
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, **client)
     try:
         await consumer.start()  # in the try: a start that fails leaves nothing open
         consumer.assign(tps)
@@ -256,9 +256,9 @@ def compare(
 
 
 async def audit(
-    bootstrap: str, dsn: str, cat: Catalogue, partitions: int, node: str | None = None
+    bootstrap: str, dsn: str, cat: Catalogue, partitions: int, node: str | None = None, **client: Any
 ) -> AuditResult:
-    records = await read_inputs(bootstrap, cat, partitions)
+    records = await read_inputs(bootstrap, cat, partitions, **client)
     replayed = await asyncio.to_thread(replay_topics, cat, partitions, records, node)
     got, rejections = await stored(dsn)
     return compare(replayed, got, rejections)

@@ -138,7 +138,13 @@ class Replayed:
 
 
 async def replay(
-    dsn: str, bootstrap: str, f: Filter, again: bool = False, discarded: bool = False, by: str | None = None
+    dsn: str,
+    bootstrap: str,
+    f: Filter,
+    again: bool = False,
+    discarded: bool = False,
+    by: str | None = None,
+    **client: Any,
 ) -> Replayed:
     """Send the selected letters back to their topics: parked ones; replayed ones too with `again`,
     discarded ones too with `discarded`. Each replay goes into the letter's history, `by` whom."""
@@ -149,7 +155,7 @@ async def replay(
     )  # fmt: skip
     where, args = selected.where()
     conn = await asyncpg.connect(dsn)
-    producer = reliable_producer(bootstrap, linger_ms=0)
+    producer = reliable_producer(bootstrap, linger_ms=0, **client)
     try:
         await producer.start()  # in the try: a start that fails leaves nothing open
         columns = "origin, status, topic, message_key, payload"
@@ -158,7 +164,7 @@ async def replay(
         for r in sendable:
             value = r["payload"]
             if value is None:  # too long to travel in its letter: still in its input topic
-                value = await read_original(bootstrap, r["origin"])
+                value = await read_original(bootstrap, r["origin"], **client)
             headers = resend_headers(1, r["origin"])
             await producer.send_and_wait(r["topic"], bytes(value), key=r["message_key"], headers=headers)
         sql = RESOLVED.format(
@@ -176,7 +182,7 @@ async def replay(
         await conn.close()
 
 
-async def read_original(bootstrap: str, origin: str) -> bytes:
+async def read_original(bootstrap: str, origin: str, **client: Any) -> bytes:
     """The value of the message at `origin` (`topic:partition@offset`), read from Kafka.
 
     Letters leave out values too long to carry (costtrace/contract/letters.py); the
@@ -186,7 +192,7 @@ async def read_original(bootstrap: str, origin: str) -> bytes:
     topic, partition = position.source.rsplit(":", 1)
     tp = TopicPartition(topic, int(partition))
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, max_partition_fetch_bytes=1
+        bootstrap_servers=bootstrap, enable_auto_commit=False, max_partition_fetch_bytes=1, **client
     )
     try:
         await consumer.start()  # in the try: a start that fails leaves nothing open

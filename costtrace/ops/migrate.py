@@ -19,7 +19,7 @@ import hashlib
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Final
+from typing import Any, Final
 
 import asyncpg
 import msgspec
@@ -104,11 +104,12 @@ async def migrate(
     rate: float | None = None,
     progress: Callable[[int], None] = lambda n: None,
     prefix: str = "costtrace",
+    **kafka: Any,
 ) -> tuple[int, int]:
     """Publish from the checkpoint on; (where it resumed, how many it published)."""
     client = aioredis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
     key = checkpoint_key(as_of, events, prefix)
-    producer = reliable_producer(bootstrap)
+    producer = reliable_producer(bootstrap, **kafka)
     try:
         await producer.start()  # in the try: a start that fails leaves nothing open
         start = int(await client.get(key) or 0)

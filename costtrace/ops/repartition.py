@@ -14,6 +14,7 @@ procedure around it (producers paused, old fleet drained).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -34,17 +35,18 @@ async def copy_state(
     new_changelog: str,
     new_partitions: int,
     progress: Callable[[int], None] = lambda n: None,
+    **client: Any,
 ) -> int:
     """Copy the old changelog, up to its current end, into the new one; the number of records copied."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest", **client
     )
-    producer = reliable_producer(bootstrap, linger_ms=20)
+    producer = reliable_producer(bootstrap, linger_ms=20, **client)
     await consumer.start()
     await producer.start()
     copied = 0
     try:
-        counts = await partition_counts(bootstrap, [old_changelog])
+        counts = await partition_counts(bootstrap, [old_changelog], **client)
         if old_changelog not in counts:
             raise LookupError(f"no topic {old_changelog!r}: nothing to carry over")
         tps = [TopicPartition(old_changelog, p) for p in range(counts[old_changelog])]

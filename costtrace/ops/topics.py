@@ -13,9 +13,9 @@ from aiokafka.errors import TopicAlreadyExistsError
 from costtrace.contract.topics import Catalogue
 
 
-async def describe(bootstrap: str, names: list[str]) -> list[dict[str, Any]]:
+async def describe(bootstrap: str, names: list[str], **client: Any) -> list[dict[str, Any]]:
     """The broker's metadata of these topics (aiokafka's `describe_topics`: partitions, replicas, ...)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client)
     try:
         await admin.start()  # in the try: a start that fails leaves nothing open
         described: list[dict[str, Any]] = await admin.describe_topics(names)
@@ -24,21 +24,21 @@ async def describe(bootstrap: str, names: list[str]) -> list[dict[str, Any]]:
         await admin.close()
 
 
-async def partition_counts(bootstrap: str, names: list[str]) -> dict[str, int]:
-    described = await describe(bootstrap, names)
+async def partition_counts(bootstrap: str, names: list[str], **client: Any) -> dict[str, int]:
+    described = await describe(bootstrap, names, **client)
     return {d["topic"]: len(d["partitions"]) for d in described if d.get("error_code", 0) == 0}
 
 
-async def create(bootstrap: str, cat: Catalogue, replication: int) -> list[str]:
+async def create(bootstrap: str, cat: Catalogue, replication: int, **client: Any) -> list[str]:
     """Create the topics that are missing; return their names.
 
     Existing ones are checked, and given the catalogue's configs (a newer
     catalogue may set more, e.g. the dead letters' message size).
     """
     cat.check_copartitioning()
-    existing = await partition_counts(bootstrap, [t.name for t in cat.topics])
+    existing = await partition_counts(bootstrap, [t.name for t in cat.topics], **client)
     missing = [t for t in cat.topics if t.name not in existing]
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client)
     try:
         await admin.start()  # in the try: a start that fails leaves nothing open
         for t in missing:
@@ -57,18 +57,18 @@ async def create(bootstrap: str, cat: Catalogue, replication: int) -> list[str]:
     # new topics take a moment to appear in every broker's metadata
     for _ in range(50):
         try:
-            await check(bootstrap, cat)
+            await check(bootstrap, cat, **client)
             break
         except LookupError:
             await asyncio.sleep(0.2)
     else:
-        await check(bootstrap, cat)
+        await check(bootstrap, cat, **client)
     return [t.name for t in missing]
 
 
-async def check(bootstrap: str, cat: Catalogue) -> None:
+async def check(bootstrap: str, cat: Catalogue, **client: Any) -> None:
     """Raise if a topic is missing or co-partitioned topics disagree on partitions."""
-    actual = await partition_counts(bootstrap, [t.name for t in cat.topics])
+    actual = await partition_counts(bootstrap, [t.name for t in cat.topics], **client)
     missing = [t.name for t in cat.topics if t.name not in actual]
     if missing:
         raise LookupError(f"missing topics: {', '.join(missing)} (run `costtrace topics create`)")
