@@ -27,6 +27,7 @@ The goal is 0 lost, 0 doubled. Exit status 0 when met.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import random
 import signal
@@ -309,6 +310,7 @@ def soak(
 @click.option("--rate", type=float, default=200.0, show_default=True, help="events per second")
 def main(minutes: float, seed: int, rate: float) -> None:
     """Soak the fleet on the local stack under faults, then say what was lost, doubled or late."""
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # the traffic's retries while the broker is down
     verdict = soak(minutes * 60, seed, rate, say=click.echo)
     for line in verdict.lines():
         click.echo(line)

@@ -288,6 +288,42 @@ class Allocator:
         return key, _json.encode(letter)
 
 
+class FreezeGuard:
+    """Stops a process that was frozen longer than its group allows, before it sends anything more.
+
+    A process stopped (SIGSTOP, a VM pause, a very long GC) for about the
+    session timeout has lost its partitions: another allocator restored them
+    from the changelog and went on. Resumed, it would hand over what it held
+    and apply what it had fetched, writing older states to the changelog after
+    the new owner's newer ones, which the next restore would then take (seen in
+    the fleet's soak, dev/soak.py). So every hand-over first asks `check`, and
+    a timer asks it every `tick`: a gap in the process's own time of more
+    than `limit` stops it, like a failed send
+    (exit 70, nothing committed since; the unclean exit empties its state
+    folder). The guard arms with the first `check`, once the app runs.
+    """
+
+    def __init__(
+        self,
+        limit: float,
+        exit_: Callable[[int], Any] = os._exit,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.limit, self._exit, self._clock = limit, exit_, clock
+        self._last: float | None = None
+
+    def check(self) -> None:
+        now = self._clock()
+        last, self._last = self._last, now
+        if last is not None and now - last > self.limit:
+            log.critical(
+                "this process did not run for %.1f s (more than %.1f s: its partitions have likely moved); "
+                "stopping before it sends what it held", now - last, self.limit,
+            )  # fmt: skip
+            logging.shutdown()
+            self._exit(70)
+
+
 class StopOnSendError:
     """A failed send stops the process at once.
 

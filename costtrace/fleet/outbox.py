@@ -45,10 +45,12 @@ class Outbox:
         on_failure: Callable[[BaseException], None],
         on_changelog: Callable[[int, int], None] = lambda partition, offset: None,
         batch_bytes: int = 16384,
+        before_send: Callable[[], None] = lambda: None,
     ) -> None:
         """`producer`: a started `AIOKafkaProducer` whose batches hold `batch_bytes` (its `max_batch_size`);
         `on_changelog(partition, last offset)` per batch."""
         self._producer = producer
+        self._before_send = before_send  # may stop the process (allocator.FreezeGuard)
         self._batch_bytes = batch_bytes
         self._changelog = changelog
         self._on_failure = on_failure
@@ -167,6 +169,7 @@ class Outbox:
             raise
 
     async def _send_batches(self) -> None:
+        self._before_send()
         upto = self._added
         batches = list(self._full)
         for topic, open_ in self._open.items():

@@ -44,12 +44,12 @@ async def publish(
     record lands is a function of the log (`costtrace.model.order.as_published`).
     """
     producer = reliable_producer(bootstrap, **client)
-    await producer.start()
     sent = 0
-    started = time.monotonic()
     lines = list(lines)
     times = record_times(lines) if stamp else itertools.repeat(None)
     try:
+        await producer.start()  # in the try: a start that fails (or is cancelled) leaves nothing open
+        started = time.monotonic()
         for line, time_ms in zip(lines, times, strict=False):  # `times` may be endless
             topic, key = route(line, cat)
             await producer.send(

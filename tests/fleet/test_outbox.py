@@ -13,6 +13,7 @@ from aiokafka.structs import RecordMetadata, TopicPartition
 
 from costtrace._native import partition_for
 from costtrace.fleet import outbox
+from costtrace.fleet.allocator import FreezeGuard
 from costtrace.fleet.outbox import Outbox
 
 
@@ -272,3 +273,46 @@ async def test_a_group_longer_than_a_batch_is_split_like_any_records() -> None:
     box.add_together("state", group, 0)
     await hand_over_delivering(box, broker)
     assert sum(len(values) for _, _, values in broker.sent) == 6 and len(broker.sent) > 1
+
+
+class Frozen(Exception):
+    """What the test's exit raises instead of ending the process."""
+
+
+async def test_a_process_frozen_past_the_limit_stops_before_it_sends_anything() -> None:
+    now = [100.0]
+    exits: list[int] = []
+
+    def exit_(code: int) -> None:
+        exits.append(code)
+        raise Frozen
+
+    guard = FreezeGuard(9.0, exit_, clock=lambda: now[0])
+    broker = Broker()
+    box = Outbox(broker, "state", lambda exc: None, before_send=guard.check)
+    guard.check()  # armed once the app runs
+    box.add("state", b"h", b"header-1", [], 0)
+    now[0] += 8.9  # a pause shorter than the limit: nothing moved, the hand-over goes on
+    handing = asyncio.ensure_future(box.hand_over())
+    await until(lambda: broker.sent)
+    broker.deliver()
+    await handing
+    box.add("state", b"h", b"header-2", [], 0)
+    now[0] += 9.5  # frozen past it: another allocator may have written newer states since
+    with pytest.raises(Frozen):
+        await box.hand_over()
+    assert exits == [70] and len(broker.sent) == 1
+
+
+def test_the_guard_arms_with_its_first_check() -> None:
+    now = [0.0]
+    exits: list[int] = []
+    guard = FreezeGuard(1.0, exits.append, clock=lambda: now[0])
+    now[0] = 1_000.0  # a long recovery before the app's tasks run: not a freeze
+    guard.check()
+    now[0] += 0.5
+    guard.check()
+    assert exits == []
+    now[0] += 1.5
+    guard.check()
+    assert exits == [70]
