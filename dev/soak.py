@@ -48,7 +48,7 @@ from costtrace.fleet.settings import fleet_catalogue
 from costtrace.ops.audit import audit
 from costtrace.ops.sample import encode_event, generate_events
 from dev.demo import REPO, stack_env
-from dev.harness import prepare_run, wait_drained
+from dev.harness import prepare_run, stop_processes, wait_drained
 
 KINDS: Final = (
     "kill allocator", "kill sink", "kill compensator", "stop allocator", "stop sink",
@@ -156,15 +156,7 @@ class Supervisor:
     def stop(self) -> None:
         self._done.set()
         self._thread.join()
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGCONT)
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_processes(self.procs.values())
 
 
 def stack(command: str, services: str) -> None:

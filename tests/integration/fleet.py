@@ -21,7 +21,7 @@ from costtrace.fleet.publish import publish
 from costtrace.fleet.settings import Settings, fleet_catalogue
 from costtrace.model.order import fleet_order
 from dev.demo import stack_env
-from dev.harness import prepare_run, wait_drained
+from dev.harness import prepare_run, stop_processes, wait_drained
 
 REPO = Path(__file__).resolve().parents[2]
 _loose = msgspec.json.Decoder()
@@ -75,13 +75,7 @@ class Fleet:
         proc.wait(timeout=30)
 
     def stop_all(self) -> None:
-        for proc in self.procs.values():
-            proc.send_signal(signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_processes(self.procs.values())
         self.procs.clear()
 
     def assert_running(self) -> None:
