@@ -171,7 +171,9 @@ class Nemesis:
         self.fleet, self.rng, self.stop, self.started = fleet, rng, stop, started
         self.faults: list[Fault] = []
 
-    def run(self, every: tuple[float, float], outage: tuple[float, float]) -> None:
+    def run(
+        self, every: tuple[float, float], outage: tuple[float, float], freeze: tuple[float, float]
+    ) -> None:
         first = list(KINDS)
         self.rng.shuffle(first)
         while True:
@@ -180,7 +182,10 @@ class Nemesis:
             if stopped and not first:
                 return
             kind = first.pop() if first else self.rng.choice(KINDS)  # every kind once, even past the traffic
-            self.faults.append(self.act(kind, self.rng.uniform(*outage)))
+            lasting = (
+                freeze if kind.startswith("stop ") and kind.split()[1] in ("allocator", "sink") else outage
+            )
+            self.faults.append(self.act(kind, self.rng.uniform(*lasting)))
 
     def act(self, kind: str, seconds: float) -> Fault:
         at = time.monotonic() - self.started
@@ -242,7 +247,8 @@ async def _events_kept(dsn: str) -> tuple[set[str], set[str]]:
 
 def soak(
     seconds: float, seed: int = 1, rate: float = 200.0, every: tuple[float, float] = (6.0, 14.0),
-    outage: tuple[float, float] = (8.0, 20.0), workdir: Path | None = None,
+    outage: tuple[float, float] = (8.0, 20.0), freeze: tuple[float, float] = (8.0, 20.0),
+    workdir: Path | None = None,
     say: Callable[[str], None] = lambda line: None,
 ) -> Verdict:  # fmt: skip
     """Run the soak for `seconds` of traffic; the verdict once the fleet has drained."""
@@ -273,7 +279,7 @@ def soak(
     stop, sent = threading.Event(), [0]
     started = time.monotonic()
     nemesis = Nemesis(fleet, rng, stop, started)
-    chaos = threading.Thread(target=nemesis.run, args=(every, outage), daemon=True)
+    chaos = threading.Thread(target=nemesis.run, args=(every, outage, freeze), daemon=True)
     chaos.start()
     traffic(st.kafka_bootstrap, cat, lines, rate, threading.Event(), sent)
     stop.set()
@@ -300,10 +306,14 @@ def soak(
 @click.option("--minutes", type=float, default=10.0, show_default=True, help="minutes of traffic")
 @click.option("--seed", type=int, default=1, show_default=True, help="the nemesis' and the traffic's")
 @click.option("--rate", type=float, default=200.0, show_default=True, help="events per second")
-def main(minutes: float, seed: int, rate: float) -> None:
+@click.option(
+    "--freeze", type=float, nargs=2, default=(8.0, 20.0), show_default=True, metavar="MIN MAX",
+    help="seconds a SIGSTOP lasts (past the session timeout, 6 s here: the member loses its partitions)",
+)  # fmt: skip
+def main(minutes: float, seed: int, rate: float, freeze: tuple[float, float]) -> None:
     """Soak the fleet on the local stack under faults, then say what was lost, doubled or late."""
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # the traffic's retries while the broker is down
-    verdict = soak(minutes * 60, seed, rate, say=click.echo)
+    verdict = soak(minutes * 60, seed, rate, freeze=freeze, say=click.echo)
     for line in verdict.lines():
         click.echo(line)
     sys.exit(0 if verdict.ok else 1)
