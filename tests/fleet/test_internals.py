@@ -354,9 +354,13 @@ def test_every_attribute_touched_still_exists(touch: Touch) -> None:
 
 
 def test_the_installed_versions_are_the_tested_ones_and_others_are_refused() -> None:
+    from costtrace.cli.main import unavailable
+
     check_versions()  # the environment the tests run in is the one pinned
-    with pytest.raises(UntestedVersions, match=r"aiokafka 0\.99\.0 \(tested: 0\.14\.0\)"):
+    with pytest.raises(UntestedVersions, match=r"aiokafka 0\.99\.0 \(tested: 0\.14\.0\)") as refused:
         check_versions(lambda name: "0.99.0" if name == "aiokafka" else TESTED[name])
+    said = unavailable(refused.value)  # a worker says it in one line, not a traceback
+    assert said is not None and said.startswith("aiokafka 0.99.0 (tested: 0.14.0): ") and "\n" not in said
     pins = dict(
         line.split("==", 1) for line in (REPO / "constraints.txt").read_text().splitlines() if "==" in line
     )
