@@ -151,6 +151,7 @@ def compensator_app(
     install(app, fetch_min_bytes=settings.fetch_min_bytes, fetch_max_wait=settings.fetch_max_wait)
     db = Database(settings.postgres_dsn.get_secret_value())
     policy = RetryPolicy.of(settings)
+    kafka = kafka_client_options(settings)  # once: a TLS context reads its files
     tiers = [retry_topic(settings.topic_prefix, t) for t in range(len(settings.retry_delays))]
     metrics = observe(
         app, settings, "compensator", settings.compensator_app_id, {cat.dead_letters, *tiers}, lambda: None
@@ -171,7 +172,7 @@ def compensator_app(
                 sent = (await redrive(
                     settings.postgres_dsn.get_secret_value(), settings.kafka_bootstrap,
                     Filter(account=letter.account_id, reasons=REDRIVEN_BY_LATE_EVENTS),
-                    by=f"compensator: late event {origin_of(letter)}", **kafka_client_options(settings),
+                    by=f"compensator: late event {origin_of(letter)}", **kafka,
                 )).sent  # fmt: skip
                 metrics.compensations.labels("redriven").inc(sent)
                 if sent:

@@ -8,11 +8,11 @@ plaintext one, on one cluster.
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.cli.test_cli import cli as run_cli
 from tests.integration.fleet import REPO, Fleet
 from tests.integration.test_equivalence import sample
 
@@ -44,10 +44,7 @@ def settings_for(protocol: str, mechanism: str | None, password_file: Path | Non
 
 
 def cli(fleet: Fleet, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "costtrace.cli", *args], env={**fleet.env, **env}, capture_output=True,
-        text=True, timeout=180, cwd=REPO, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+    return run_cli({**fleet.env, **env}, *args)
 
 
 @pytest.mark.parametrize(
