@@ -36,10 +36,12 @@ from redis.exceptions import RedisError
 
 from costtrace._native import partition_for
 from costtrace.fleet.allocator import Allocator, FreezeGuard, Message, StopOnSendError
+from costtrace.fleet.fence import writer_headers
 from costtrace.fleet.internals import (
     RAW,
     Hold,
     StreamRoom,
+    WriterFence,
     before_services,
     committed_offsets,
     describe_fetch,
@@ -325,9 +327,24 @@ def allocator_app(settings: Settings) -> faust.App:
     hold = Hold(merge, set(cat.allocator_sources))
     credit_commits = CreditCommits(cat.credits)
     rocks: Any = table.data  # faust's RocksDB store: one DB per partition
-    install(app, fetch_min_bytes=settings.fetch_min_bytes, fetch_max_wait=settings.fetch_max_wait, room=room,
-            hold=hold, rocks=rocks)  # fmt: skip
     changelog = table.changelog_topic.get_topic_name()
+    outbox: Outbox | None = None
+    generation: int | None = None  # this member's, once assigned: what its changelog records carry
+
+    async def before_marking() -> None:
+        if outbox is not None:  # every record of the generation before goes before the marker
+            await outbox.hand_over()
+
+    def on_generation(new: int) -> None:
+        nonlocal generation
+        generation = new
+        if outbox is not None:
+            outbox.changelog_headers = writer_headers(new)
+
+    fence = WriterFence(app, rocks, changelog, before_marking, on_generation,
+                        lambda skipped: metrics.stale_changelog.inc(skipped))  # fmt: skip
+    install(app, fetch_min_bytes=settings.fetch_min_bytes, fetch_max_wait=settings.fetch_max_wait, room=room,
+            hold=hold, rocks=rocks, fence=fence)  # fmt: skip
     source = app.topic(*cat.allocator_sources, **RAW)
     local = PartitionTable(partition_db(rocks))
     batch_bytes = settings.producer_batch_bytes
@@ -383,11 +400,10 @@ def allocator_app(settings: Settings) -> faust.App:
         if offset > persisted.get(partition, -1):
             persisted[partition] = offset
 
-    outbox: Outbox | None = None
-
     async def open_outbox() -> Outbox:
         """Once the producer runs: its batches, and faust's commits wait for them."""
         box = Outbox(kafka_producer(app.producer), changelog, stop, on_changelog, batch_bytes, freeze.check)
+        box.changelog_headers = writer_headers(generation)
         await box.learn([cat.allocations, cat.credits, cat.dead_letters])
         flush_after(app.producer, box.hand_over)  # faust's commits wait for the outbox
         return box

@@ -27,6 +27,7 @@ from faust.types import TP
 from mode.services import WaitResults
 from rocksdict import WriteOptions
 
+from costtrace.fleet.fence import MARKER_KEY, Fence, marker_value
 from costtrace.fleet.merge import LogMerge
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,14 @@ TOUCHED: Final = (
     Touch("faust.stores.rocksdb:Store", "_open_for_partition", True, "opens one partition's DB"),
     Touch("faust.stores.rocksdb:Store", "_db_for_partition", False, "the open DB of a partition"),
     Touch("faust.stores.rocksdb:Store", "_dbs", False, "partition -> open DB"),
+    Touch("faust.stores.rocksdb:Store", "apply_changelog_batch", True,
+          "recovery's (and standbys') only way to write changelog records into the partition DBs"),
+    Touch("faust.app.base:App", "on_rebalance_complete", False,
+          "a signal sent once active recovery has ended, before the stream partitions are sought"),
+    Touch("faust.tables.manager:TableManager", "on_rebalance", True,
+          "awaited at each assignment before recovery reads the changelogs' ends"),
+    Touch("faust.assignor.partition_assignor:PartitionAssignor", "assigned_actives", False,
+          "the partitions (changelogs included) this member owns in the current generation"),
     Touch("faust.serializers.schemas:Schema", "compile", True, "how a channel decodes a message"),
     Touch("mode.utils.queues:FlowControlQueue", "_wakeup_next", True,
           "asyncio.Queue's call after each get and put"),
@@ -654,15 +663,134 @@ def install(
     room: StreamRoom | None = None,
     hold: Hold | None = None,
     rocks: Any = None,
+    fence: WriterFence | None = None,
 ) -> None:
     """Every fix of this module on one app, before it starts: the one call the fleet's apps make.
 
     Checks the installed versions, wraps the consumer faust will create
     (`guard_consumer`), leaves out faust's monitor, and, for the allocator's
-    RocksDB store `rocks`, turns RocksDB's write-ahead log off.
+    RocksDB store `rocks`, turns RocksDB's write-ahead log off and fences
+    its changelog (`fence`).
     """
     check_versions()
     guard_consumer(app, fetch_min_bytes, fetch_max_wait, room, hold)
     without_monitor(app)
     if rocks is not None:
         without_write_ahead_log(rocks)
+    if fence is not None:
+        fence.install()
+
+
+class WriterFence:
+    """The changelog fence (costtrace/fleet/fence.py) on faust: markers at assignment, filtered restores.
+
+    - At each assignment, before faust's recovery reads the changelogs'
+      ends (`TableManager.on_rebalance`), the member hands its outbox over
+      (`before_marking`), takes the new generation for its own changelog
+      records (`on_generation`), and writes a marker to each changelog
+      partition it now owns, waiting until Kafka has them all.
+    - Recovery and standbys write changelog records to RocksDB only through
+      `Store.apply_changelog_batch`, which here drops the records the fence
+      does not admit (the persisted offset still moves past them).
+    - Once the owned partitions are restored (faust's `on_rebalance_complete`,
+      sent when active recovery ends and before the streams resume), each
+      must end on this member's marker; one that ends on another (the group
+      was deleted and numbers its generations from 1 again) gets a forced
+      marker (`verify`). Not earlier: faust also seeks while it restores, and
+      a marker taken before the records ahead of it would fence them out.
+    """
+
+    def __init__(
+        self,
+        app: faust.App,
+        rocks: Any,
+        changelog: str,
+        before_marking: Callable[[], Awaitable[None]],
+        on_generation: Callable[[int], None],
+        on_skipped: Callable[[int], None] = lambda n: None,
+    ) -> None:
+        self.app, self.rocks, self.changelog = app, rocks, changelog
+        self.before_marking, self.on_generation, self.on_skipped = before_marking, on_generation, on_skipped
+        self.fence = Fence(self._stored)
+        self.generation: int | None = None
+
+    def _stored(self, partition: int) -> bytes | None:
+        return cast(bytes | None, self.rocks._db_for_partition(partition).get(MARKER_KEY))
+
+    def owned(self) -> list[int]:
+        actives = self.app.assignor.assigned_actives()
+        return sorted(tp.partition for tp in actives if tp.topic == self.changelog)
+
+    def install(self) -> None:
+        tables: Any = self.app.tables
+        rebalance = tables.on_rebalance
+
+        async def on_rebalance(
+            assigned: Any, revoked: Any, newly_assigned: Any, generation_id: int = 0
+        ) -> None:
+            self.fence.forget()  # recovery may read the partitions from another place now
+            if generation_id == self.app.consumer_generation_id:  # else faust skips this one too
+                await self.mark(generation_id)
+            await rebalance(assigned, revoked, newly_assigned, generation_id)
+
+        tables.on_rebalance = on_rebalance
+
+        async def restored(sender: Any, **kwargs: Any) -> None:
+            await self.verify()
+
+        self.app.on_rebalance_complete.connect(restored)  # type: ignore[arg-type]
+        apply = self.rocks.apply_changelog_batch
+        set_persisted = self.rocks.set_persisted_offset
+        admits = self.fence.admits
+
+        def apply_changelog_batch(batch: Any, to_key: Any, to_value: Any) -> None:
+            admitted: list[Any] = []
+            ends: dict[TP, int] = {}
+            seen = 0
+            for event in batch:
+                seen += 1
+                m = event.message
+                ends[m.tp] = m.offset if m.tp not in ends else max(m.offset, ends[m.tp])
+                if admits(m.partition, m.key, m.value, m.headers):
+                    admitted.append(event)
+            skipped = seen - len(admitted)
+            apply(admitted, to_key, to_value)
+            for tp, offset in ends.items():  # past what was skipped too
+                set_persisted(tp, offset)
+            if skipped:
+                log.warning("restore: %d changelog record(s) of a stale writer skipped", skipped)
+                self.on_skipped(skipped)
+
+        self.rocks.apply_changelog_batch = apply_changelog_batch
+
+    async def mark(self, generation: int) -> None:
+        """This member's marker on every changelog partition it owns, in Kafka before anything else of its."""
+        await self.before_marking()
+        self.generation = generation
+        self.on_generation(generation)
+        partitions = self.owned()
+        if partitions:
+            await self._send(partitions, marker_value(generation))
+            log.info("changelog: generation %d marked on %d partition(s)", generation, len(partitions))
+
+    async def verify(self) -> None:
+        if self.generation is None or self.generation != self.app.consumer_generation_id:
+            return  # a rebalance began since: its own marks come
+        wrong = [p for p in self.owned() if self.fence.current(p) != self.generation]
+        if not wrong:
+            return
+        log.warning(
+            "changelog partitions %s end on another generation's marker (%s), not this member's %d "
+            "(the consumer group was started over?): forcing this one",
+            wrong, [self.fence.current(p) for p in wrong], self.generation,
+        )  # fmt: skip
+        value = marker_value(self.generation, forced=True)
+        await self._send(wrong, value)
+        for p in wrong:
+            self.rocks._db_for_partition(p).put(MARKER_KEY, value)
+            self.fence.set(p, self.generation)
+
+    async def _send(self, partitions: list[int], value: bytes) -> None:
+        producer = kafka_producer(self.app.producer)
+        sent = [await producer.send(self.changelog, value, key=MARKER_KEY, partition=p) for p in partitions]
+        await asyncio.gather(*sent)

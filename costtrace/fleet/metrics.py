@@ -96,6 +96,12 @@ class Metrics:
             "(COSTTRACE_MAX_IDLE): what that partition brings later may be late.",
             registry=r,
         )
+        self.stale_changelog = Counter(
+            "costtrace_changelog_stale_records",
+            "Changelog records a restore skipped: written by an allocator after it had lost the partition "
+            "(frozen past its session; costtrace/fleet/fence.py).",
+            registry=r,
+        )
         self.dead_letters = Counter(
             "costtrace_dead_letters",
             "Dead letters the sink stored in PostgreSQL, by reason.",

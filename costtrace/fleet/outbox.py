@@ -22,19 +22,24 @@ from typing import Any
 from aiokafka import TopicPartition
 
 from costtrace._native import partition_for
+from costtrace.fleet.fence import WRITER_HEADER
 
 _KNOWN_KEYS = 100_000  # keys whose partition an outbox remembers, per topic
 # most bytes a record without headers adds to a batch beyond its key and value
 # (attributes, and the varints of its length, offset and time deltas, key and
 # value lengths, header count)
 _RECORD_OVERHEAD = 32
+# and at most this for the writer header every changelog record carries (costtrace/fleet/fence.py):
+# its key and value lengths, its key, a generation of up to 11 digits
+_WRITER_HEADER_MAX = 2 + len(WRITER_HEADER) + 11
+_CHANGELOG_OVERHEAD = _RECORD_OVERHEAD + _WRITER_HEADER_MAX
 _BATCH_HEADER = 61  # a record batch's own header (magic v2)
 _NO_HEADERS: list[tuple[str, bytes]] = []  # never changed: aiokafka only reads it
 
 
 def fits_one_batch(size: int, records: int, batch_bytes: int) -> bool:
-    """Whether `records` with `size` bytes of keys and values in all always fit one `batch_bytes` batch."""
-    return size + _RECORD_OVERHEAD * records + _BATCH_HEADER <= batch_bytes
+    """Whether `records` changelog records of `size` key and value bytes in all always fit one batch."""
+    return size + _CHANGELOG_OVERHEAD * records + _BATCH_HEADER <= batch_bytes
 
 
 class Outbox:
@@ -64,6 +69,8 @@ class Outbox:
         self._handed = 0  # of those, records Kafka has
         self._running: asyncio.Future[None] | None = None
         self._failed: BaseException | None = None
+        # what each changelog record carries: its writer's generation (costtrace/fleet/fence.py)
+        self.changelog_headers: list[tuple[str, bytes]] = []
 
     @property
     def waiting(self) -> int:
@@ -104,26 +111,29 @@ class Outbox:
         self._added += 1
 
     def add_together(self, topic: str, records: list[tuple[bytes, bytes]], partition: int) -> None:
-        """Queue records (key, value; no headers) that must reach Kafka together: in one record batch.
+        """Queue records (key, value) that must reach Kafka together: in one record batch.
+
+        Records of the changelog carry `changelog_headers`; others none.
 
         The broker appends a record batch whole or not at all, so no crash
         leaves some of them in the topic without the others. They go into the
         partition's open batch if they fit, else into a new one. A group
         longer than a batch (see `fits_one_batch`) is split like any records.
         """
-        need = sum(len(k) + len(v) for k, v in records) + _RECORD_OVERHEAD * len(records)
+        headers = self.changelog_headers if topic == self._changelog else _NO_HEADERS
+        need = sum(len(k) + len(v) for k, v in records) + _CHANGELOG_OVERHEAD * len(records)
         builder, count = self._batch(topic, partition)
         if count[0] and builder.size() + need > self._batch_bytes:
             self._seal(topic, partition)
             builder, count = self._batch(topic, partition)
         append = builder.append
         for i, (key, value) in enumerate(records):
-            if append(timestamp=None, key=key, value=value, headers=_NO_HEADERS) is None:
+            if append(timestamp=None, key=key, value=value, headers=headers) is None:
                 # longer than a batch (and the batch now closed): the rest as any records
                 count[0] += i
                 self._added += i
                 for key_, value_ in records[i:]:
-                    self.add(topic, key_, value_, _NO_HEADERS, partition)
+                    self.add(topic, key_, value_, headers, partition)
                 return
         count[0] += len(records)
         self._added += len(records)

@@ -19,6 +19,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from costtrace._native import partition_for
+from costtrace.fleet.fence import MARKER_KEY, Fence
 from costtrace.fleet.publish import reliable_producer
 from costtrace.fleet.state import account_of_key
 from costtrace.ops.topics import partition_counts
@@ -37,7 +38,11 @@ async def copy_state(
     progress: Callable[[int], None] = lambda n: None,
     **client: Any,
 ) -> int:
-    """Copy the old changelog, up to its current end, into the new one; the number of records copied."""
+    """Copy the old changelog, up to its current end, into the new one; the number of records copied.
+
+    Only what a restore would apply is copied, without its writer header: the
+    new changelog's first owners start it with their own markers.
+    """
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest", **client
     )
@@ -45,6 +50,7 @@ async def copy_state(
     await consumer.start()
     await producer.start()
     copied = 0
+    fence = Fence()  # what a restore of the old changelog would take (costtrace/fleet/fence.py)
     try:
         counts = await partition_counts(bootstrap, [old_changelog], **client)
         if old_changelog not in counts:
@@ -61,6 +67,8 @@ async def copy_state(
                     if m.offset >= ends[tp]:
                         break
                     key = m.key or b""
+                    if not fence.admits(tp.partition, key, m.value, m.headers) or key == MARKER_KEY:
+                        continue  # a stale writer's record, or a marker: the new changelog has its own
                     target = partition_of(account_of_key(key), new_partitions)
                     await producer.send(new_changelog, m.value, key=key, partition=target)
                     copied += 1

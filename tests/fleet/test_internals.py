@@ -40,9 +40,11 @@ from costtrace.fleet.internals import (
     StreamRoom,
     Touch,
     UntestedVersions,
+    WriterFence,
     check_versions,
     fast_hand_over,
 )
+from costtrace.fleet.fence import MARKER_KEY, marker_value, writer_headers
 from costtrace.fleet.merge import LogMerge
 
 STREAM, OTHER, CHANGELOG = TP("p.issued", 0), TP("p.issued", 1), TP("app-state-changelog", 0)
@@ -419,6 +421,75 @@ def test_the_monitor_is_added_as_a_sensor_by_on_init_dependencies() -> None:
 def test_rocksdb_partitions_open_through_open_for_partition_into_dbs() -> None:
     body = source_of(method("faust.stores.rocksdb:Store", "_db_for_partition"))
     assert "self._dbs[partition] = self._open_for_partition(partition)" in body
+
+
+def test_changelog_records_reach_rocksdb_only_through_apply_changelog_batch_after_the_marks() -> None:
+    from faust.tables.base import Collection
+    from faust.tables.recovery import Recovery
+
+    # recovery and standbys write through the table, which hands each batch to its store
+    assert "self.data.apply_changelog_batch(" in source_of(Collection.apply_changelog_batch)
+    recovery = inspect.getsource(Recovery)
+    assert recovery.count("table.apply_changelog_batch(") == 2 and ".data." not in recovery
+    # the assignment awaits the tables' rebalance (where WriterFence marks) before anything else of theirs,
+    # and recovery reads the changelogs' ends later, in its own task, never in its on_rebalance
+    assigned = source_of(method("faust.app.base:App", "_on_partitions_assigned"))
+    assert "self.tables.on_rebalance" in assigned
+    assert "_build_highwaters" not in source_of(Recovery.on_rebalance)
+    restart = recovery[recovery.index("async def _restart_recovery") :]
+    assert "_build_highwaters" in restart[: restart.index("\n    async def ", 10)]
+    manager = source_of(method("faust.tables.manager:TableManager", "on_rebalance"))
+    assert "self.recovery.on_rebalance" in manager
+    # verify() runs on on_rebalance_complete: sent once active recovery ended, before the streams are sought
+    done = source_of(Recovery.on_recovery_completed)
+    assert done.index("on_rebalance_complete.send()") < done.index("consumer.perform_seek()")
+    assert recovery.count("on_rebalance_complete.send()") == 2  # and in _resume_streams: no tables at all
+
+
+def _fenced_store(tmp_path: Path) -> tuple[Any, WriterFence, list[int]]:
+    import faust
+
+    app = faust.App("fence-test", store="rocksdb://", datadir=str(tmp_path))
+    table = app.Table("state", partitions=2, key_type=bytes, value_type=bytes)
+    skipped: list[int] = []
+    fence = WriterFence(app, table.data, "fence-test-state-changelog", _nothing, lambda g: None, skipped.append)
+    fence.install()
+    return table.data, fence, skipped
+
+
+async def _nothing() -> None:
+    return None
+
+
+def _changelog_event(partition: int, offset: int, key: bytes, value: bytes, writer: int | None) -> Any:
+    tp = TP("fence-test-state-changelog", partition)
+    headers = writer_headers(writer)
+    return SimpleNamespace(message=SimpleNamespace(tp=tp, partition=partition, offset=offset, key=key,
+                                                   value=value, headers=headers))  # fmt: skip
+
+
+def test_a_restore_into_rocksdb_skips_a_stale_writer_and_keeps_the_marker_for_the_next(tmp_path: Path) -> None:
+    rocks, fence, skipped = _fenced_store(tmp_path)
+    batch = [
+        _changelog_event(0, 0, MARKER_KEY, marker_value(4), None),
+        _changelog_event(0, 1, b"h1:a", b"4", 4),
+        _changelog_event(1, 0, b"h1:b", b"untouched", 2),  # another partition, no marker yet
+        _changelog_event(0, 2, MARKER_KEY, marker_value(6), None),
+        _changelog_event(0, 3, b"h1:a", b"6", 6),
+        _changelog_event(0, 4, b"h1:a", b"stale", 4),
+        _changelog_event(0, 5, MARKER_KEY, marker_value(4), None),  # the stale writer's own late marker
+    ]
+    rocks.apply_changelog_batch(batch, None, None)
+    db0, db1 = rocks._db_for_partition(0), rocks._db_for_partition(1)
+    assert db0.get(b"h1:a") == b"6" and db0.get(MARKER_KEY) == b"6"
+    assert db1.get(b"h1:b") == b"untouched"
+    assert skipped == [2]
+    # the persisted offset passes what was skipped: a clean restart does not read it again
+    assert rocks.persisted_offset(TP("fence-test-state-changelog", 0)) == 5
+    # an incremental restore, after a rebalance, starts from the marker the DB holds
+    fence.fence.forget()
+    rocks.apply_changelog_batch([_changelog_event(0, 6, b"h1:a", b"stale again", 4)], None, None)
+    assert db0.get(b"h1:a") == b"6" and skipped == [2, 1]
 
 
 def test_a_topic_decodes_with_its_schemas_compile() -> None:

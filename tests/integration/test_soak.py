@@ -1,9 +1,9 @@
 """The soak's short form (dev/soak.py): steady traffic, every kind of fault, then nothing lost or doubled.
 
-Here a SIGSTOP lasts less than the session timeout (6 s): the worker keeps its partitions.
-A longer one, after which the member has lost them, is the long form's
-(`python -m dev.soak --minutes 5`): an allocator resumed after that can still, in a
-narrow window, send batches it held before the freeze (docs/operations.md, "Faults: the soak").
+A SIGSTOP here lasts longer than the session timeout (6 s): the frozen worker loses its
+partitions while it sleeps, and what it sends when resumed must not corrupt the next
+restore (the freeze guard, costtrace/fleet/allocator.py, and the changelog fence,
+costtrace/fleet/fence.py; docs/operations.md, "Faults: the soak").
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dev.soak import KINDS, soak
 
 def test_a_short_soak_with_every_fault_loses_and_doubles_nothing(stack: None, tmp_path: Path) -> None:
     verdict = soak(
-        60, seed=3, rate=150, every=(3.0, 6.0), outage=(10.0, 15.0), freeze=(2.0, 3.0), workdir=tmp_path
+        60, seed=3, rate=150, every=(3.0, 6.0), outage=(10.0, 15.0), freeze=(8.0, 12.0), workdir=tmp_path
     )
     print("\n".join(verdict.lines()))
     assert {f.kind for f in verdict.faults} == set(KINDS)  # the nemesis did each thing at least once
