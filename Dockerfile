@@ -25,7 +25,7 @@ RUN pip install --no-cache-dir --upgrade "pip>=24" "setuptools>=69"
 COPY pyproject.toml README.md constraints.txt ./
 COPY native native
 COPY costtrace costtrace
-RUN pip wheel --no-cache-dir --wheel-dir /wheels --constraint constraints.txt ".[fleet]"
+RUN pip wheel --no-cache-dir --wheel-dir /wheels --constraint constraints.txt ".[fleet,api]"
 
 FROM ${PYTHON} AS runtime
 ENV PYTHONDONTWRITEBYTECODE=1 \

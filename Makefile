@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@command -v cargo >/dev/null || { echo "costtrace needs Rust's cargo for its native model: https://rustup.rs" >&2; exit 1; }
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip "setuptools>=69"
-	$(BIN)/pip install -q -c constraints.txt -e '.[fleet,dev]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[fleet,api,dev]'
 	rm -f $(VENV)/.installed-* && touch $@
 
 demo: setup

@@ -1,4 +1,4 @@
-"""`make demo` (`python -m dev.demo`): the stack, the topics, a fleet, a simulated day, and finance's report.
+"""`make demo` (`python -m dev.demo`): the stack, a fleet, a simulated day, finance's report and statement.
 
 A developer's harness, run from a checkout (it starts deploy/stack): not in the wheel.
 """
@@ -12,12 +12,17 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import asyncpg
 import click
 
 from costtrace.contract.records import decode_record
+from costtrace.finance import formats, queries
+from costtrace.finance.statement import Period, Statement
 from costtrace.fleet.publish import publish
 from costtrace.fleet.settings import Settings, fleet_catalogue
 from costtrace.model.order import fleet_order
@@ -118,9 +123,55 @@ def run(
     say("so its latency is not measured here: `python -m bench.fleet_bench` measures it on live traffic")
     say(f"records: {rep.records:,} rows in PostgreSQL database {name} ({dsn})")
     say(f"worker logs: {logs}")
+    say("")
+    show_statement(dsn, say)
+    page = start_api(dsn, settings.http_host, settings.api_port, logs, say)
+    if page:
+        say(f"finance's page (statement, order and account lookup): {page}/  (API description: {page}/docs)")
     say("stop the stack with: deploy/stack down")
     if differ:
         raise SystemExit(1)
+
+
+def show_statement(dsn: str, say: Callable[[str], None]) -> None:
+    """The settlement statement of the day the sink posted the simulated day on (`costtrace statement`)."""
+    today = datetime.now(UTC).date()
+    period = Period(today, today + timedelta(days=1))
+
+    async def ask() -> Statement:
+        conn = await asyncpg.connect(dsn)
+        try:
+            return await queries.statement(conn, period)
+        finally:
+            await conn.close()
+
+    for line in formats.statement_table(asyncio.run(ask())).splitlines():
+        say(line)
+    say(f"(the same: costtrace statement --from {period.start} --to {period.end}; database: {dsn})")
+    say("")
+
+
+def start_api(dsn: str, host: str, port: int, logs: Path, say: Callable[[str], None]) -> str | None:
+    """`costtrace api` on the demo's database, left running in the background; its URL once it answers."""
+    out = (logs / "api.log").open("ab")
+    env = {**os.environ, "COSTTRACE_POSTGRES_DSN": dsn}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "costtrace.cli", "api", "--host", host, "--port", str(port)],
+        env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    url = f"http://{host}:{port}"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(f"{url}/livez", timeout=1):
+                say(f"the read API runs in the background (pid {proc.pid}; stop it with: kill {proc.pid})")
+                return url
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    say(f"the read API did not start on {url} (port taken? see {logs / 'api.log'}); "
+        "run it with: costtrace api --port N")  # fmt: skip
+    return None
 
 
 def offline_report(lines: list[bytes], partitions: int) -> Report:

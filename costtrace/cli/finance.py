@@ -1,4 +1,4 @@
-"""Finance's commands: replay (a file or the topics), the audit of PostgreSQL, the records out."""
+"""Finance's commands: replay, the audit, the records out, the statement, cost traces, the read API."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import ExitStack
-from typing import BinaryIO
+from datetime import date
+from typing import Any, BinaryIO
 
 import click
 
@@ -212,3 +213,197 @@ def export(output: str) -> None:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(partial)
     click.echo(f"exported {n:,} records", err=True)
+
+
+# -- what finance reads: the statement, the cost traces, the read API ------------------------------
+
+
+def _day(value: str, name: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a date (YYYY-MM-DD)", param_hint=f"'{name}'") from None
+
+
+def _ask(work: Callable[[Any], Awaitable[Any]]) -> Any:
+    """Run one question against PostgreSQL (COSTTRACE_POSTGRES_DSN); an unknown name is a one-line error."""
+    import asyncio
+
+    import asyncpg
+
+    from costtrace.finance.queries import NotFound
+
+    async def run() -> Any:
+        conn = await asyncpg.connect(_settings().postgres_dsn.get_secret_value(), timeout=10)
+        try:
+            return await work(conn)
+        finally:
+            await conn.close()
+
+    try:
+        return asyncio.run(run())
+    except NotFound as exc:
+        raise click.ClickException(str(exc.args[0] if exc.args else exc)) from exc
+
+
+def _write(text: str, output: str) -> None:
+    """To standard output, or to a file written whole or not at all."""
+    if output == "-":
+        click.echo(text, nl=False)
+        return
+    partial = f"{output}.partial"
+    try:
+        with open(partial, "w", encoding="utf-8", newline="") as dst:
+            dst.write(text)
+        os.replace(partial, output)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(partial)
+
+
+_FORMAT = click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
+                       show_default=True)  # fmt: skip
+_OUTPUT = click.option("-o", "--output", default="-", show_default=True,
+                       type=click.Path(allow_dash=True, dir_okay=False), help="file to write")  # fmt: skip
+
+
+@main.command()
+@click.option("--from", "start", required=True, metavar="YYYY-MM-DD", help="first posting day (UTC)")
+@click.option("--to", "end", required=True, metavar="YYYY-MM-DD", help="day after the last (excluded)")
+@click.option("--by", type=click.Choice(["budget", "budget,merchant"]), default="budget", show_default=True)
+@_FORMAT
+@_OUTPUT
+def statement(start: str, end: str, by: str, fmt: str, output: str) -> None:
+    """The settlement statement of a period: per budget, what was issued, spent, refunded, moved, left.
+
+    Records belong to the UTC day the sink posted them (docs/finance.md):
+    a closed period never changes, and late events show in the period they
+    arrived in, as adjustments. The SUSPENSE line is debt no budget has paid.
+    """
+    from costtrace.finance import formats, queries
+    from costtrace.finance.statement import Period
+
+    try:
+        period = Period(_day(start, "--from"), _day(end, "--to")).check()
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--to'") from None
+    result = _ask(lambda conn: queries.statement(conn, period, by_merchant=by == "budget,merchant"))
+    if fmt == "json":
+        _write(formats.to_json(result.as_dict()), output)
+    elif fmt == "csv":
+        _write(formats.statement_csv(result), output)
+    else:
+        _write(formats.statement_table(result), output)
+
+
+@main.group()
+def trace() -> None:
+    """Cost traces: an order's budgets, an account's stock record, a batch's coins."""
+
+
+@trace.command("order")
+@click.argument("account_id")
+@click.argument("order_id")
+@_FORMAT
+@_OUTPUT
+def trace_order(account_id: str, order_id: str, fmt: str, output: str) -> None:
+    """Which batches and budgets paid for an order; its refunds and trueups; what is still on SUSPENSE."""
+    from costtrace.finance import formats, queries
+
+    t = _ask(lambda conn: queries.order_trace(conn, account_id, order_id))
+    movements = [m.as_dict() for m in t.movements]
+    if fmt == "json":
+        _write(formats.to_json(t.as_dict()), output)
+    elif fmt == "csv":
+        _write(formats.to_csv(movements, formats.MOVEMENT_COLUMNS), output)
+    else:
+        head = (
+            f"order {t.order_id} of account {t.account_id}"
+            + (f" at merchant {t.merchant_id}" if t.merchant_id else "")
+            + f": took {t.amount:,}, refunded {t.refunded:,}, "
+            + f"still on SUSPENSE (unpaid) {t.on_suspense:,}\n\n"
+        )
+        budgets = formats.table([b.as_dict() for b in t.budgets], formats.BUDGET_SHARE_COLUMNS)
+        columns = ("kind", "batch_id", "budget_id", "amount", "refund_id", "event_id", "posted_at")
+        _write(head + budgets + "\n" + formats.table(movements, columns), output)
+
+
+@trace.command("account")
+@click.argument("account_id")
+@click.option("--at", metavar="TIME", help="as posted at this time (ISO 8601; default now)")
+@_FORMAT
+@_OUTPUT
+def trace_account(account_id: str, at: str | None, fmt: str, output: str) -> None:
+    """An account's stock record: open batches in FIFO order with remaining, budget and age; and debt."""
+    from datetime import UTC, datetime
+
+    from costtrace.finance import formats, queries
+
+    when = None
+    if at is not None:
+        try:
+            when = datetime.fromisoformat(at)
+        except ValueError:
+            raise click.BadParameter(f"{at!r} is not an ISO 8601 time", param_hint="'--at'") from None
+        when = when if when.tzinfo else when.replace(tzinfo=UTC)
+    t = _ask(lambda conn: queries.account_trace(conn, account_id, when))
+    batches = [b.as_dict(t.at) for b in t.batches]
+    if fmt == "json":
+        _write(formats.to_json(t.as_dict()), output)
+    elif fmt == "csv":
+        _write(formats.to_csv(batches, formats.BATCH_COLUMNS), output)
+    else:
+        head = (
+            f"account {t.account_id} as posted at {t.at.isoformat()}: {len(batches)} open batch(es), "
+            f"{sum(b.remaining for b in t.batches):,} in stock, debt {t.debt:,}\n\n"
+        )
+        _write(head + formats.table(batches, formats.BATCH_COLUMNS), output)
+
+
+@trace.command("batch")
+@click.argument("account_id")
+@click.argument("batch_id")
+@_FORMAT
+@_OUTPUT
+def trace_batch(account_id: str, batch_id: str, fmt: str, output: str) -> None:
+    """Where a batch's coins went: orders, refunds, trueups and transfers (with the receiving account)."""
+    from costtrace.finance import formats, queries
+
+    async def every_page(conn: Any) -> Any:
+        first = await queries.batch_trace(conn, account_id, batch_id)
+        movements, cursor = list(first.movements), first.next_cursor
+        while cursor is not None:
+            page = await queries.batch_trace(conn, account_id, batch_id, cursor=cursor)
+            movements += page.movements
+            cursor = page.next_cursor
+        return first._replace(movements=movements, next_cursor=None)
+
+    t = _ask(every_page)
+    movements = [m.as_dict() for m in t.movements]
+    if fmt == "json":
+        _write(formats.to_json(t.as_dict()), output)
+    elif fmt == "csv":
+        _write(formats.to_csv(movements, formats.MOVEMENT_COLUMNS), output)
+    else:
+        head = (
+            f"batch {t.batch_id} of account {t.account_id}, budget {t.budget_id}: {t.amount:,} in, "
+            f"{t.remaining:,} left\n\n"
+        )
+        columns = ("kind", "amount", "order_id", "refund_id", "transfer_id", "counterparty", "merchant_id",
+                   "posted_at")  # fmt: skip
+        _write(head + formats.table(movements, columns), output)
+
+
+@main.command()
+@click.option("--host", help="address to listen on (default: COSTTRACE_HTTP_HOST)")
+@click.option("--port", type=click.IntRange(0, 65535), help="port (default: COSTTRACE_API_PORT, 8410)")
+def api(host: str | None, port: int | None) -> None:
+    """Serve the read API (JSON and CSV; OpenAPI at /docs) and finance's web page (/) over PostgreSQL."""
+    import uvicorn
+
+    from costtrace.api.app import create_app
+
+    settings = _settings()
+    app = create_app(settings.postgres_dsn.get_secret_value())
+    uvicorn.run(app, host=host or settings.http_host, port=settings.api_port if port is None else port,
+                log_level=settings.log_level.lower(), access_log=False)  # fmt: skip

@@ -77,6 +77,8 @@ class Settings(BaseSettings):
     # /metrics, /livez and /readyz (costtrace.fleet.metrics); in a container: 0.0.0.0
     http_host: str = "127.0.0.1"
     http_port: int = 9400
+    # the read API and its web page (`costtrace api`); on http_host
+    api_port: int = 8410
 
     @model_validator(mode="after")
     def _kafka_credentials(self) -> Self:

@@ -58,11 +58,12 @@ def record_row(value: bytes, headers: Headers) -> tuple[Any, ...]:
     h = dict(headers)
     seq = int(r.record_id.rsplit("-", 1)[1])
     received = h.get("costtrace-received-ms")
+    occurred = h.get("costtrace-occurred-ms")
     return (
         r.record_id, r.event_id, r.kind, r.account_id, r.batch_id, r.budget_id, r.amount,
         r.order_id, r.refund_id, r.transfer_id, r.merchant_id,
         int(h["costtrace-step"]), seq, h["costtrace-source"].decode(),
-        _at(int(received)) if received else None,
+        _at(int(received)) if received else None, _at(int(occurred)) if occurred else None,
     )  # fmt: skip
 
 

@@ -48,6 +48,8 @@ def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
         (["audit"], "Kafka unavailable"),
         (["archive", "--before", "2026-01-01"], "a service is unreachable"),
         (["switch", "status"], "Redis unavailable"),
+        (["statement", "--from", "2026-03-01", "--to", "2026-04-01"], "a service is unreachable"),
+        (["trace", "order", "a", "o"], "a service is unreachable"),
     ],
 )
 def test_a_service_down_gives_one_line_and_exit_1(

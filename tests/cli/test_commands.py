@@ -40,7 +40,8 @@ ALL = list(commands())
 
 def test_the_tree_has_every_audiences_commands() -> None:
     top = {path[0] for path in ALL}
-    finance, producers = {"replay", "audit", "export"}, {"schemas", "sample", "simulate"}
+    finance = {"replay", "audit", "export", "statement", "trace", "api"}
+    producers = {"schemas", "sample", "simulate"}
     operators = {"worker", "topics", "db", "dlq", "ledger", "reconcile", "switch", "migrate", "archive"}
     assert finance | producers | operators | {"repartition"} == top
     assert "demo" not in top  # a checkout's harness (python -m dev.demo), not in the wheel
@@ -92,6 +93,15 @@ def test_every_command_explains_itself(path: tuple[str, ...]) -> None:
         (["archive", "--before", "2026-13-01"], "--before/--refund-window"),
         (["archive", "--refund-window", "9x"], "--before/--refund-window"),
         (["archive", "--before", "2026-01-01", "--chunk", "0"], "x>=1"),
+        (["statement", "--to", "2026-04-01"], "Missing option '--from'"),
+        (["statement", "--from", "2026-03-32", "--to", "2026-04-01"], "'--from'"),
+        (["statement", "--from", "2026-04-01", "--to", "2026-03-01"], "'--to'"),
+        (["statement", "--from", "2026-03-01", "--to", "2026-04-01", "--by", "merchant"], "'--by'"),
+        (["statement", "--from", "2026-03-01", "--to", "2026-04-01", "--format", "xls"], "'--format'"),
+        (["trace", "order", "a"], "Missing argument 'ORDER_ID'"),
+        (["trace", "account", "a", "--at", "noon"], "'--at'"),
+        (["trace", "batch"], "Missing argument 'ACCOUNT_ID'"),
+        (["api", "--port", "70000"], "'--port'"),
     ],
     ids=lambda v: " ".join(v) if isinstance(v, list) else None,
 )

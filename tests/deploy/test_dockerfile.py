@@ -88,6 +88,7 @@ def test_the_wheel_holds_the_migrations_and_schemas_and_runs_alone(tmp_path: Pat
     names = zipfile.ZipFile(wheel).namelist()
     assert any(re.fullmatch(r"costtrace/storage/migrations/versions/0001_\w+\.py", n) for n in names)
     assert "costtrace/storage/migrations/env.py" in names
+    assert "costtrace/api/page.html" in names  # finance's web page, served by `costtrace api`
     assert any(n.startswith("costtrace/contract/v1/") and n.endswith(".schema.json") for n in names)
     assert not any(n.startswith(("tests/", "bench/", "deploy/", "native/")) for n in names)
     assert any(re.fullmatch(r"costtrace/_native\.abi3\.so", n) for n in names), "the native model"

@@ -109,7 +109,7 @@ def test_services_select_workloads_and_expose_metrics(rendered: tuple[str, list[
             s for s in by_kind(docs, "Service").values()
             if monitor["spec"]["selector"]["matchLabels"].items() <= s["metadata"]["labels"].items()
         ]  # fmt: skip
-        assert len(selected) == 4  # allocator, sink, compensator, reconciler
+        assert len(selected) == 5  # allocator, sink, compensator, reconciler, the read API
         assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["metrics"]
 
 
@@ -182,25 +182,33 @@ def test_no_worker_reaches_the_kubernetes_api_or_takes_connections_but_on_its_me
     (account,) = by_kind(docs, "ServiceAccount").values()
     assert account["automountServiceAccountToken"] is False
     templates = pod_templates(docs)
-    assert len(templates) == 5
+    assert len(templates) == 6
     for name, template in templates.items():
         pod = template["spec"]
         assert pod["serviceAccountName"] == account["metadata"]["name"], name
         assert pod["automountServiceAccountToken"] is False, name
-    (policy,) = by_kind(docs, "NetworkPolicy").values()
+    policies = by_kind(docs, "NetworkPolicy")
+    assert set(policies) == {"costtrace-workers", "costtrace-api"}
+    policy = policies["costtrace-workers"]
     (selector,) = policy["spec"]["podSelector"]["matchExpressions"]
-    names = {t["metadata"]["labels"][selector["key"]] for t in templates.values()}
-    assert selector["operator"] == "In" and set(selector["values"]) == names  # every worker, no other pod
-    assert policy["spec"]["policyTypes"] == ["Ingress"]
-    (rule,) = policy["spec"]["ingress"]
-    ports = {(p["protocol"], p["port"]) for p in rule["ports"]}
-    assert ports == {("TCP", int(config(docs)["COSTTRACE_HTTP_PORT"]))}
+    workers = {name for name in templates if name != "costtrace-api"}
+    assert selector["operator"] == "In" and set(selector["values"]) == workers  # every worker, no other pod
+    for name, port in (("costtrace-workers", "COSTTRACE_HTTP_PORT"), ("costtrace-api", "COSTTRACE_API_PORT")):
+        assert policies[name]["spec"]["policyTypes"] == ["Ingress"]
+        (rule,) = policies[name]["spec"]["ingress"]
+        ports = {(p["protocol"], p["port"]) for p in rule["ports"]}
+        assert ports == {("TCP", int(config(docs)[port]))}
+    api = templates["costtrace-api"]["spec"]["containers"][0]
+    assert {p["containerPort"] for p in api["ports"]} == {int(config(docs)["COSTTRACE_API_PORT"])}
+    assert policies["costtrace-api"]["spec"]["podSelector"]["matchLabels"].items() <= (
+        templates["costtrace-api"]["metadata"]["labels"].items()
+    )
 
 
 def test_allocators_and_sinks_spread_over_nodes(rendered: tuple[str, list[dict[str, Any]]]) -> None:
     _, docs = rendered
     templates = pod_templates(docs)
-    for name in ("costtrace-allocator", "costtrace-sink"):
+    for name in ("costtrace-allocator", "costtrace-sink", "costtrace-api"):
         template = templates[name]
         (term,) = template["spec"]["affinity"]["podAntiAffinity"][
             "preferredDuringSchedulingIgnoredDuringExecution"

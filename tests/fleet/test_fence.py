@@ -1,4 +1,4 @@
-"""The changelog fence: a restore takes the owner's records, never those of a writer that lost the partition."""
+"""The changelog fence: a restore takes the owner's records, never a writer's that lost the partition."""
 
 from __future__ import annotations
 
@@ -108,7 +108,8 @@ def histories(draw: st.DrawFn) -> tuple[list[Record], dict[bytes, bytes]]:
             log.append(write(generation, key, value))
             held[key] = value
         if generation != generations[-1]:  # it freezes and loses the partition, with these unsent
-            late += [write(generation, key, f"{generation}:late{n}".encode()) for key, n in draw(owner_writes)]
+            unsent = draw(owner_writes)
+            late += [write(generation, key, f"{generation}:late{n}".encode()) for key, n in unsent]
             if draw(st.booleans()):
                 late.append(marker(generation))
     log += draw(st.lists(st.sampled_from(late), max_size=4)) if late else []

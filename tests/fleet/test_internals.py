@@ -32,6 +32,7 @@ from mode.services import WaitResults
 from mode.utils.queues import FlowControlEvent, ThrowableQueue
 
 from costtrace.fleet import internals
+from costtrace.fleet.fence import MARKER_KEY, marker_value, writer_headers
 from costtrace.fleet.internals import (
     TESTED,
     TOUCHED,
@@ -44,7 +45,6 @@ from costtrace.fleet.internals import (
     check_versions,
     fast_hand_over,
 )
-from costtrace.fleet.fence import MARKER_KEY, marker_value, writer_headers
 from costtrace.fleet.merge import LogMerge
 
 STREAM, OTHER, CHANGELOG = TP("p.issued", 0), TP("p.issued", 1), TP("app-state-changelog", 0)
@@ -452,7 +452,8 @@ def _fenced_store(tmp_path: Path) -> tuple[Any, WriterFence, list[int]]:
     app = faust.App("fence-test", store="rocksdb://", datadir=str(tmp_path))
     table = app.Table("state", partitions=2, key_type=bytes, value_type=bytes)
     skipped: list[int] = []
-    fence = WriterFence(app, table.data, "fence-test-state-changelog", _nothing, lambda g: None, skipped.append)
+    changelog = "fence-test-state-changelog"
+    fence = WriterFence(app, table.data, changelog, _nothing, lambda g: None, skipped.append)
     fence.install()
     return table.data, fence, skipped
 
@@ -468,7 +469,7 @@ def _changelog_event(partition: int, offset: int, key: bytes, value: bytes, writ
                                                    value=value, headers=headers))  # fmt: skip
 
 
-def test_a_restore_into_rocksdb_skips_a_stale_writer_and_keeps_the_marker_for_the_next(tmp_path: Path) -> None:
+def test_a_restore_into_rocksdb_skips_a_stale_writer_and_keeps_the_marker(tmp_path: Path) -> None:
     rocks, fence, skipped = _fenced_store(tmp_path)
     batch = [
         _changelog_event(0, 0, MARKER_KEY, marker_value(4), None),
