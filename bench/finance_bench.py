@@ -37,6 +37,7 @@ from costtrace.finance import queries
 from costtrace.finance.statement import Period
 from costtrace.storage.db import MIGRATIONS, sqlalchemy_url
 from dev.demo import stack_env
+from dev.harness import create_database, drop_database
 
 START = datetime(2026, 2, 1, tzinfo=UTC)
 DAYS = 90
@@ -190,16 +191,6 @@ async def measure(dsn: str, records: int, seed: int) -> None:
         await conn.close()
 
 
-async def fresh_database(admin: str, name: str) -> str:
-    conn = await asyncpg.connect(admin)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return admin.rsplit("/", 1)[0] + f"/{name}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--records", type=int, default=50_000_000)
@@ -211,7 +202,7 @@ def main() -> None:
     name = f"bench_finance_{args.records}"
     dsn = admin.rsplit("/", 1)[0] + f"/{name}"
     if not args.reuse:
-        dsn = asyncio.run(fresh_database(admin, name))
+        dsn = asyncio.run(create_database(admin, name, fresh=True))
         alembic(dsn, BEFORE_SUMMARIES)
         asyncio.run(load(dsn, args.records, args.seed))
         started = time.perf_counter()
@@ -219,15 +210,7 @@ def main() -> None:
         print(f"migrated to the newest schema (summaries filled) in {time.perf_counter() - started:,.0f} s")
     asyncio.run(measure(dsn, args.records, args.seed))
     if not args.keep and not args.reuse:
-        asyncio.run(drop(admin, name))
-
-
-async def drop(admin: str, name: str) -> None:
-    conn = await asyncpg.connect(admin)
-    try:
-        await conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
+        asyncio.run(drop_database(admin, name))
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from costtrace.model.replay import replay
 from costtrace.ops.sample import encode_event, generate_events
 from costtrace.storage.db import POST_RECORDS, RECORD_COLUMNS, insert_sql, migrate
 from dev.demo import stack_env
+from dev.harness import create_database
 
 PLAIN = insert_sql("records", RECORD_COLUMNS)
 
@@ -63,18 +64,6 @@ async def post(dsn: str, rows: list[tuple[Any, ...]], batch: int, with_summaries
         await conn.close()
 
 
-async def database(admin: str, name: str) -> str:
-    conn = await asyncpg.connect(admin)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    dsn = admin.rsplit("/", 1)[0] + f"/{name}"
-    migrate(dsn)
-    return dsn
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=100_000)
@@ -83,7 +72,8 @@ def main() -> None:
     args = parser.parse_args()
     admin = stack_env()["COSTTRACE_POSTGRES_DSN"]
     rows = sample_rows(args.events)
-    dsn = asyncio.run(database(admin, "bench_posting"))
+    dsn = asyncio.run(create_database(admin, "bench_posting", fresh=True))
+    migrate(dsn)
     print(f"{len(rows):,} records of {args.events:,} events, in batches of {args.batch:,}")
     ratios = []
     for pair in range(args.pairs):

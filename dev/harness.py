@@ -168,10 +168,22 @@ class Run:
         return self.settings.postgres_dsn.get_secret_value()
 
 
-async def _create_database(admin_dsn: str, name: str) -> None:
+async def create_database(admin_dsn: str, name: str, fresh: bool = False) -> str:
+    """A database `name` beside the admin DSN's (emptied first when `fresh`); its DSN."""
     conn = await asyncpg.connect(admin_dsn)
     try:
+        if fresh:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return admin_dsn.rsplit("/", 1)[0] + f"/{name}"
+
+
+async def drop_database(admin_dsn: str, name: str) -> None:
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await conn.close()
 
@@ -186,7 +198,7 @@ def prepare_run(stack_env: dict[str, str], name: str, partitions: int = 8, **set
         standby_replicas=0,
         **settings,
     )  # fmt: skip
-    asyncio.run(_create_database(admin_dsn, name))
+    asyncio.run(create_database(admin_dsn, name))
     migrate(dsn)
     asyncio.run(create(st.kafka_bootstrap, fleet_catalogue(st), st.replication))
     env = {

@@ -296,6 +296,25 @@ def statement(start: str, end: str, by: str, fmt: str, output: str) -> None:
         _write(formats.statement_table(result), output)
 
 
+def _emit(
+    fmt: str,
+    output: str,
+    whole: dict[str, Any],
+    rows: list[dict[str, Any]],
+    csv_columns: tuple[str, ...],
+    text: Callable[[], str],
+) -> None:
+    """A trace as JSON (all of it), CSV (its rows) or text for a person."""
+    from costtrace.finance import formats
+
+    if fmt == "json":
+        _write(formats.to_json(whole), output)
+    elif fmt == "csv":
+        _write(formats.to_csv(rows, csv_columns), output)
+    else:
+        _write(text(), output)
+
+
 @main.group()
 def trace() -> None:
     """Cost traces: an order's budgets, an account's stock record, a batch's coins."""
@@ -312,11 +331,8 @@ def trace_order(account_id: str, order_id: str, fmt: str, output: str) -> None:
 
     t = _ask(lambda conn: queries.order_trace(conn, account_id, order_id))
     movements = [m.as_dict() for m in t.movements]
-    if fmt == "json":
-        _write(formats.to_json(t.as_dict()), output)
-    elif fmt == "csv":
-        _write(formats.to_csv(movements, formats.MOVEMENT_COLUMNS), output)
-    else:
+
+    def text() -> str:
         head = (
             f"order {t.order_id} of account {t.account_id}"
             + (f" at merchant {t.merchant_id}" if t.merchant_id else "")
@@ -325,7 +341,9 @@ def trace_order(account_id: str, order_id: str, fmt: str, output: str) -> None:
         )
         budgets = formats.table([b.as_dict() for b in t.budgets], formats.BUDGET_SHARE_COLUMNS)
         columns = ("kind", "batch_id", "budget_id", "amount", "refund_id", "event_id", "posted_at")
-        _write(head + budgets + "\n" + formats.table(movements, columns), output)
+        return head + budgets + "\n" + formats.table(movements, columns)
+
+    _emit(fmt, output, t.as_dict(), movements, formats.MOVEMENT_COLUMNS, text)
 
 
 @trace.command("account")
@@ -348,16 +366,15 @@ def trace_account(account_id: str, at: str | None, fmt: str, output: str) -> Non
         when = when if when.tzinfo else when.replace(tzinfo=UTC)
     t = _ask(lambda conn: queries.account_trace(conn, account_id, when))
     batches = [b.as_dict(t.at) for b in t.batches]
-    if fmt == "json":
-        _write(formats.to_json(t.as_dict()), output)
-    elif fmt == "csv":
-        _write(formats.to_csv(batches, formats.BATCH_COLUMNS), output)
-    else:
+
+    def text() -> str:
         head = (
             f"account {t.account_id} as posted at {t.at.isoformat()}: {len(batches)} open batch(es), "
             f"{sum(b.remaining for b in t.batches):,} in stock, debt {t.debt:,}\n\n"
         )
-        _write(head + formats.table(batches, formats.BATCH_COLUMNS), output)
+        return head + formats.table(batches, formats.BATCH_COLUMNS)
+
+    _emit(fmt, output, t.as_dict(), batches, formats.BATCH_COLUMNS, text)
 
 
 @trace.command("batch")
@@ -380,18 +397,17 @@ def trace_batch(account_id: str, batch_id: str, fmt: str, output: str) -> None:
 
     t = _ask(every_page)
     movements = [m.as_dict() for m in t.movements]
-    if fmt == "json":
-        _write(formats.to_json(t.as_dict()), output)
-    elif fmt == "csv":
-        _write(formats.to_csv(movements, formats.MOVEMENT_COLUMNS), output)
-    else:
+
+    def text() -> str:
         head = (
             f"batch {t.batch_id} of account {t.account_id}, budget {t.budget_id}: {t.amount:,} in, "
             f"{t.remaining:,} left\n\n"
         )
         columns = ("kind", "amount", "order_id", "refund_id", "transfer_id", "counterparty", "merchant_id",
                    "posted_at")  # fmt: skip
-        _write(head + formats.table(movements, columns), output)
+        return head + formats.table(movements, columns)
+
+    _emit(fmt, output, t.as_dict(), movements, formats.MOVEMENT_COLUMNS, text)
 
 
 @main.command()

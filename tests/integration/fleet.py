@@ -15,6 +15,7 @@ from typing import Any
 
 import asyncpg
 import msgspec
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from costtrace.contract.topics import Catalogue
 from costtrace.fleet.publish import publish
@@ -142,6 +143,32 @@ class Fleet:
         assert got == expected, differences(got, expected)
         assert self.dead_letters() == rejections
         return expected
+
+    def changelog(self) -> list[tuple[int, bytes, bytes, list[tuple[str, bytes]]]]:
+        """Every record of the allocators' state changelog, each partition's in order: (partition, key, value,
+        headers)."""
+
+        async def read() -> list[tuple[int, bytes, bytes, list[tuple[str, bytes]]]]:
+            consumer = AIOKafkaConsumer(
+                bootstrap_servers=self.settings.kafka_bootstrap, enable_auto_commit=False
+            )
+            await consumer.start()
+            try:
+                tps = [TopicPartition(self.catalogue.state_changelog, p) for p in range(self.partitions)]
+                consumer.assign(tps)
+                await consumer.seek_to_beginning(*tps)
+                ends = await consumer.end_offsets(tps)
+                out = []
+                for tp in tps:
+                    while await consumer.position(tp) < ends[tp]:
+                        for m in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, []):
+                            if m.offset < ends[tp]:
+                                out.append((tp.partition, m.key, m.value, list(m.headers)))
+                return out
+            finally:
+                await consumer.stop()
+
+        return asyncio.run(read())
 
     def late_events(self) -> int:
         async def fetch() -> int:

@@ -3,10 +3,7 @@ export stays the same, and the account's state refuses a late refund of an archi
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime
-
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from costtrace.fleet.state import account_of_key
 from tests.integration.fleet import Fleet, by_account, replay
@@ -92,30 +89,7 @@ def test_orders_are_archived_by_when_they_occurred_not_when_they_arrived(fleet: 
 
 def latest_state(fleet: Fleet) -> dict[bytes, bytes]:
     """The allocators' state as the changelog holds it: the last value of every key."""
-
-    async def read() -> dict[bytes, bytes]:
-        topic = f"{fleet.settings.app_id}-state-changelog"
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=fleet.settings.kafka_bootstrap, enable_auto_commit=False
-        )
-        await consumer.start()
-        try:
-            tps = [TopicPartition(topic, p) for p in range(fleet.partitions)]
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            ends = await consumer.end_offsets(tps)
-            state: dict[bytes, bytes] = {}
-            left = {tp for tp in tps if ends[tp] > 0}
-            while left:
-                for tp, messages in (await consumer.getmany(*left, timeout_ms=1000)).items():
-                    state.update((m.key, m.value) for m in messages if m.offset < ends[tp])
-                    if await consumer.position(tp) >= ends[tp]:
-                        left.discard(tp)
-            return state
-        finally:
-            await consumer.stop()
-
-    return asyncio.run(read())
+    return {key: value for _, key, value, _ in fleet.changelog()}
 
 
 def test_an_accounts_state_keeps_outputs_only_while_they_are_in_flight(fleet: Fleet) -> None:

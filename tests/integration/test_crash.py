@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 
 from costtrace.fleet.fence import MARKER_KEY, WRITER_HEADER
 from costtrace.ops.sample import encode_event, generate_events
@@ -112,27 +112,6 @@ def test_a_killed_worker_loses_and_doubles_nothing(fleet: Fleet, victim: str) ->
         assert "was not left cleanly" in log  # the kept RocksDB was not trusted
 
 
-async def _changelog(fleet: Fleet) -> list[tuple[int, bytes, bytes, list[tuple[str, bytes]]]]:
-    """Every record of the fleet's state changelog: (partition, key, value, headers)."""
-    topic = fleet.catalogue.state_changelog
-    consumer = AIOKafkaConsumer(bootstrap_servers=fleet.settings.kafka_bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in range(fleet.partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        out = []
-        for tp in tps:
-            while await consumer.position(tp) < ends[tp]:
-                for m in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, []):
-                    if m.offset < ends[tp]:
-                        out.append((tp.partition, m.key, m.value, list(m.headers)))
-        return out
-    finally:
-        await consumer.stop()
-
-
 def _wait_for(fleet: Fleet, name: str, pattern: str, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not re.search(pattern, (fleet.tmp / f"{name}.log").read_text(errors="replace")):
@@ -171,7 +150,7 @@ def test_states_a_stale_allocator_sends_after_losing_its_partitions_are_never_re
     for phase in phases(prefix):
         fleet.publish(phase)
         fleet.drain()
-    first = asyncio.run(_changelog(fleet))
+    first = fleet.changelog()
     (writer,) = {dict(h).get(WRITER_HEADER) for _, k, _, h in first if k != MARKER_KEY}  # one generation
     assert writer is not None
     fleet.start("allocator-2", "allocator", fleet.tmp / "state-2")  # a rebalance: new markers

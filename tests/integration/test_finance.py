@@ -42,6 +42,7 @@ from costtrace.model.state import MemoryStore
 from costtrace.ops.sample import encode_event, generate_events
 from costtrace.storage.db import Database, migrate
 from dev.demo import stack_env
+from dev.harness import create_database, drop_database
 from tests.conftest import REPO
 
 DAYS = [datetime(2026, 2, 27, 10, tzinfo=UTC), datetime(2026, 3, 10, 23, 59, tzinfo=UTC),
@@ -57,19 +58,10 @@ def db(stack: None) -> Iterator[str]:
     """A database of its own, migrated."""
     admin = stack_env()["COSTTRACE_POSTGRES_DSN"]
     name = f"tfin{uuid.uuid4().hex[:10]}"
-    dsn = admin.rsplit("/", 1)[0] + f"/{name}"
-
-    async def sql(statement: str) -> None:
-        conn = await asyncpg.connect(admin)
-        try:
-            await conn.execute(statement)
-        finally:
-            await conn.close()
-
-    asyncio.run(sql(f'CREATE DATABASE "{name}"'))
+    dsn = asyncio.run(create_database(admin, name))
     migrate(dsn)
     yield dsn
-    asyncio.run(sql(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    asyncio.run(drop_database(admin, name))
 
 
 class Day:

@@ -11,14 +11,14 @@ import uuid
 import asyncpg
 
 from dev.demo import stack_env
-from dev.harness import _create_database
+from dev.harness import create_database
 from tests.conftest import REPO
 
 
 def test_migrations_started_together_run_one_at_a_time(stack: None) -> None:
     admin = stack_env()["COSTTRACE_POSTGRES_DSN"]
     name = f"m{uuid.uuid4().hex[:10]}"
-    asyncio.run(_create_database(admin, name))
+    asyncio.run(create_database(admin, name))
     dsn = admin.rsplit("/", 1)[0] + f"/{name}"
     env = {**os.environ, "COSTTRACE_POSTGRES_DSN": dsn}
     runs = [
