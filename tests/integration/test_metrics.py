@@ -71,12 +71,14 @@ def test_a_running_fleet_serves_every_metric_the_dashboard_and_alerts_use(fleet:
         "sink": free_port(),
         "compensator": free_port(),
         "reconciler": free_port(),
+        "api": free_port(),  # the read API (costtrace/api): its own metrics, on its one port
     }
     fleet.env["COSTTRACE_RETRY_REASONS"] = "[]"  # every dead letter parked at once: counts stay exact
     fleet.start("allocator", "allocator", fleet.tmp / "state", http_port=ports["allocator"])
     fleet.start("sink", "sink", http_port=ports["sink"])
     fleet.start("compensator", "compensator", http_port=ports["compensator"])
     fleet.start_command("reconciler", ["reconcile", "--every", "2"], http_port=ports["reconciler"])
+    fleet.start_command("api", ["api", "--port", str(ports["api"])])
     lines = [encode_event(e) for e in generate_events(600, 80, seed=3, skew=1.0)]
     fleet.publish(lines)  # whole: in the log order, no event is late and nothing is re-driven
     fleet.drain()
@@ -84,8 +86,10 @@ def test_a_running_fleet_serves_every_metric_the_dashboard_and_alerts_use(fleet:
     def health(path: str) -> list[tuple[int, str]]:
         return [get(f"http://127.0.0.1:{port}{path}") for port in ports.values()]
 
-    assert eventually(lambda: health("/readyz") == [(200, "ok\n")] * 4, show=lambda: health("/readyz"))
-    assert health("/livez") == [(200, "ok\n")] * 4
+    assert eventually(lambda: health("/readyz") == [(200, "ok\n")] * 5, show=lambda: health("/readyz"))
+    assert health("/livez") == [(200, "ok\n")] * 5
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    assert get(f"http://127.0.0.1:{ports['api']}/v1/statement?from={today}&to=2100-01-01")[0] == 200
 
     records = fleet.export()
     letters = sum(fleet.dead_letters().values())
@@ -115,7 +119,8 @@ def test_a_running_fleet_serves_every_metric_the_dashboard_and_alerts_use(fleet:
     assert total(got, "costtrace_dead_letters_total") == letters > 0
     assert total(got, "costtrace_rejections_total") == letters
     assert total(got, "costtrace_end_to_end_latency_seconds_count", clock="broker") == len(records)
-    assert total(got, "costtrace_worker_ready") == len(ports)
+    assert total(got, "costtrace_worker_ready") == len(ports) - 1  # every worker; the API has /readyz only
+    assert total(got, "costtrace_api_requests_total", route="/v1/statement", status="200") == 1
 
     prometheus_scrapes_the_fleet_and_evaluates_the_rules(fleet.tmp, ports, len(lines))
 
