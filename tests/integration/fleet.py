@@ -142,7 +142,32 @@ class Fleet:
         got = by_account(self.export())
         assert got == expected, differences(got, expected)
         assert self.dead_letters() == rejections
+        self.assert_summaries_count_every_record_once()
         return expected
+
+    def assert_summaries_count_every_record_once(self) -> None:
+        """The statement's day summaries hold exactly the records' sums: none counted twice or missed,
+        whatever was killed or sent again on the way (the sink keeps them in the records' statement)."""
+
+        queries = (
+            "SELECT budget_id, kind, sum(amount), count(*) FROM all_records GROUP BY 1, 2",
+            "SELECT budget_id, kind, sum(amount), sum(records) FROM budget_days GROUP BY 1, 2",
+            "SELECT budget_id, coalesce(merchant_id, ''), kind, sum(amount), count(*)"
+            " FROM all_records WHERE kind IN ('consume', 'trueup', 'refund') GROUP BY 1, 2, 3",
+            "SELECT budget_id, merchant_id, kind, sum(amount), sum(records)"
+            " FROM merchant_days GROUP BY 1, 2, 3",
+        )
+
+        async def sums() -> list[list[tuple[Any, ...]]]:
+            conn = await asyncpg.connect(self.dsn)
+            try:
+                return [sorted(tuple(r) for r in await conn.fetch(q)) for q in queries]
+            finally:
+                await conn.close()
+
+        records, budgets, merchant_records, merchants = asyncio.run(sums())
+        assert budgets == records
+        assert merchants == merchant_records
 
     def changelog(self) -> list[tuple[int, bytes, bytes, list[tuple[str, bytes]]]]:
         """Every record of the allocators' state changelog, each partition's in order: (partition, key, value,
