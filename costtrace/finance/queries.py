@@ -257,19 +257,25 @@ async def _issued_at(
             list({t for *_, t in todo}),
         )
         by_received = {f"{s['account_id']}/{s['transfer_id']}/{s['batch_id']}": s for s in sources}
+        found = {asked: by_received.get(received) for asked, _, received, _ in todo}
+        sent = [s for s in found.values() if s is not None]
+        # each source batch's own creating record, for all of them in one query
+        origins = {
+            (o["account_id"], o["batch_id"]): o
+            for o in await conn.fetch(
+                """SELECT DISTINCT ON (r.account_id, r.batch_id) r.account_id, r.batch_id, r.transfer_id,
+                          coalesce(r.occurred_at, r.received_at) AS at, r.kind
+                   FROM all_records r
+                   JOIN unnest($1::text[], $2::text[]) AS s(account_id, batch_id) USING (account_id, batch_id)
+                   WHERE r.kind IN ('issue', 'open', 'transfer_in')
+                   ORDER BY r.account_id, r.batch_id, r.step, r.seq""",
+                [s["account_id"] for s in sent], [s["batch_id"] for s in sent],
+            )
+        }  # fmt: skip
         nxt = []
-        for asked, _, received, _transfer in todo:
-            s = by_received.get(received)
-            if s is None:  # its sender's records are not here (yet): no time known
-                out[asked] = None
-                continue
-            origin = await conn.fetchrow(
-                """SELECT transfer_id, coalesce(occurred_at, received_at) AS at, kind FROM all_records
-                   WHERE account_id = $1 AND batch_id = $2 AND kind IN ('issue', 'open', 'transfer_in')
-                   LIMIT 1""",
-                s["account_id"], s["batch_id"],
-            )  # fmt: skip
-            if origin is None:
+        for asked, s in found.items():
+            origin = None if s is None else origins.get((s["account_id"], s["batch_id"]))
+            if s is None or origin is None:  # its sender's records are not here (yet): no time known
                 out[asked] = None
             elif origin["kind"] == Kind.TRANSFER_IN.value:
                 nxt.append((asked, s["account_id"], s["batch_id"], origin["transfer_id"]))

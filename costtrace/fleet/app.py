@@ -329,15 +329,12 @@ def allocator_app(settings: Settings) -> faust.App:
     rocks: Any = table.data  # faust's RocksDB store: one DB per partition
     changelog = table.changelog_topic.get_topic_name()
     outbox: Outbox | None = None
-    generation: int | None = None  # this member's, once assigned: what its changelog records carry
 
     async def before_marking() -> None:
         if outbox is not None:  # every record of the generation before goes before the marker
             await outbox.hand_over()
 
     def on_generation(new: int) -> None:
-        nonlocal generation
-        generation = new
         if outbox is not None:
             outbox.changelog_headers = writer_headers(new)
 
@@ -403,7 +400,7 @@ def allocator_app(settings: Settings) -> faust.App:
     async def open_outbox() -> Outbox:
         """Once the producer runs: its batches, and faust's commits wait for them."""
         box = Outbox(kafka_producer(app.producer), changelog, stop, on_changelog, batch_bytes, freeze.check)
-        box.changelog_headers = writer_headers(generation)
+        box.changelog_headers = writer_headers(fence.generation)  # the member's, once assigned
         await box.learn([cat.allocations, cat.credits, cat.dead_letters])
         flush_after(app.producer, box.hand_over)  # faust's commits wait for the outbox
         return box
