@@ -2,6 +2,8 @@
 
 from typing import Any
 
+OrderMark = tuple[int, int, int, int, int]
+
 class NativeRejection:
     """A rejection: the record `costtrace.contract.records.rejection` makes of it."""
 
@@ -31,6 +33,8 @@ class NativeOutcome:
     def step(self) -> int: ...
     @property
     def record_kinds(self) -> tuple[str, ...]: ...
+    @property
+    def late(self) -> bool: ...
 
 class ReplayStep:
     """Replay's step: an event's records and its credits' as JSON lines, each ending in a newline."""
@@ -50,10 +54,18 @@ class NativeStore:
     @staticmethod
     def table(table: Any, together: Any) -> NativeStore: ...
     def apply_event(
-        self, event: bytes, position: tuple[str, int] | None = None, settled: Any = None
+        self,
+        event: bytes,
+        position: tuple[str, int] | None = None,
+        settled: Any = None,
+        order: OrderMark | None = None,
     ) -> NativeOutcome: ...
     def apply_credit(
-        self, credit: bytes, position: tuple[str, int] | None = None, settled: Any = None
+        self,
+        credit: bytes,
+        position: tuple[str, int] | None = None,
+        settled: Any = None,
+        order: OrderMark | None = None,
     ) -> NativeOutcome: ...
     def apply_archive(
         self,
@@ -61,6 +73,7 @@ class NativeStore:
         order_ids: list[str],
         position: tuple[str, int] | None = None,
         settled: Any = None,
+        order: OrderMark | None = None,
     ) -> NativeOutcome: ...
     def replay_event(self, event: bytes) -> ReplayStep: ...
     def totals(self) -> tuple[int, int]: ...

@@ -166,10 +166,14 @@ class Allocator:
         """`settled`: the group's committed offsets, by source (outputs below them are let go).
 
         `order`: the message's place in the log order, which its credits carry
-        to their receivers; `late`: it comes after messages later in that order
-        (costtrace/fleet/merge.py). A late message that changes its account is applied,
-        counted and reported with a `late_event` letter, from which the
-        compensator re-drives the account's parked rejections.
+        to their receivers; `late`: the hold read it after messages later in
+        that order were applied on its partition (costtrace/fleet/merge.py). It is
+        late too when its account already applied an event later in the order,
+        whichever worker did (the model keeps each account's largest place: a
+        worker that took the partition over starts its hold afresh). A late
+        message that changes its account is applied, counted and reported
+        with a `late_event` letter, from which the compensator re-drives the
+        account's parked rejections.
         """
         position = msg.position
         if order is not None and msg.topic == self.credits_topic:
@@ -180,10 +184,12 @@ class Allocator:
                 event_type = "credit"
                 credit = decode_credit(msg.value)
                 event_id = credit.event_id
-                outcome = apply_credit(self.store, credit, position, settled)
+                outcome = apply_credit(self.store, credit, position, settled, order)
             elif msg.topic == self.archive_topic:
                 event_type = "archive"
-                outcome = apply_archive(self.store, _archive_decoder.decode(msg.value), position, settled)
+                outcome = apply_archive(
+                    self.store, _archive_decoder.decode(msg.value), position, settled, order
+                )
             else:
                 ev = parse_event(msg.value)
                 event_id = ev.event_id
@@ -194,14 +200,14 @@ class Allocator:
                         # event the fleet took in before is never skipped)
                         skipped = Outcome(Status.SKIPPED, ev.account_id, [], [])
                         return Handled(skipped, [], event_type, occurred_ms)
-                outcome = self._apply(msg, ev, position, settled)
+                outcome = self._apply(msg, ev, position, settled, order)
         except Exception as exc:  # a bug, never bad input: keep the event as a dead letter
             log.exception("processing error at %s", position.key)
             detail = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"
             rej = Rejection(None, Kind.REJECTED.value, None, PROCESSING_ERROR)
             outcome = Outcome(Status.REJECTED, None, [], [], rej, detail)
         outputs = self._outputs(outcome, msg, position, occurred_ms, order)
-        late = late and outcome.status is Status.APPLIED
+        late = (late or outcome.late) and outcome.status is Status.APPLIED
         if late:
             log.warning(
                 "late %s event %r of account %r at %s: applied after events later in the log order (%s)",
@@ -216,7 +222,12 @@ class Allocator:
         return Handled(outcome, outputs, event_type, occurred_ms, late)
 
     def _apply(
-        self, msg: Message, ev: Event | Invalid, position: Position, settled: Settled | None
+        self,
+        msg: Message,
+        ev: Event | Invalid,
+        position: Position,
+        settled: Settled | None,
+        order: OrderKey | None,
     ) -> Outcome:
         if not isinstance(ev, Invalid) and msg.key != ev.account_id.encode():
             # state is kept on the partition of the message key: an event keyed
@@ -239,7 +250,7 @@ class Allocator:
                     "to murmur2 (docs/producers.md)"
                 )
                 return Outcome(Status.REJECTED, ev.account_id, [], [], rej, detail)
-        return apply_event(self.store, ev, position, settled)
+        return apply_event(self.store, ev, position, settled, order)
 
     def _outputs(
         self,

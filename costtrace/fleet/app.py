@@ -492,7 +492,7 @@ def allocator_app(settings: Settings) -> faust.App:
                     now_s() - swept_at >= 1.0
                 ):  # every partition's end: which have data faust does not hand over
                     swept_at = now_s()
-                    asked_seq, asked_latest = merge.seq, merge.latest
+                    asked_seq, asked_latest = merge.as_of(now_s(), settings.end_grace)
                     ends = await consumer.highwaters(*(TP(t, p) for t, p in merge.owned()))
                     merge.confirm_ends({(tp.topic, tp.partition): o for tp, o in ends.items()}, asked_seq,
                                        asked_latest)  # fmt: skip
@@ -517,7 +517,7 @@ def allocator_app(settings: Settings) -> faust.App:
                     )  # fmt: skip
                 wanted = merge.wanted_ends()
                 if wanted:
-                    asked_seq, asked_latest = merge.seq, merge.latest
+                    asked_seq, asked_latest = merge.as_of(now_s(), settings.end_grace)
                     ends = await consumer.highwaters(*(TP(t, p) for t, p in wanted))
                     merge.confirm_ends({(tp.topic, tp.partition): o for tp, o in ends.items()}, asked_seq,
                                        asked_latest)  # fmt: skip

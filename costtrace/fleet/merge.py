@@ -15,9 +15,11 @@ partitions (KIP-353, KIP-695), with what it leaves open closed:
   its last record (order times never go back in a partition). Held events
   below every source's bound may go, smallest first. Past its bound, a topic
   partition no longer holds anything back once it is known to be **at its
-  end** (the broker's end offset, asked after the held event was read:
-  anything appended later is taken to be later than all this worker has read,
-  which a producer stamping its events in order makes true), or once it has
+  end** (the broker's end offset, asked at least `end_grace` after the held
+  event was read: anything appended later is taken to be later than all this
+  worker had read by then, which a producer stamping its events in order
+  makes true if its batches to different partitions land within `end_grace`
+  of each other; `as_of`), or once it has
   held an event back for `max_idle` seconds with data due that does not come
   (a *forced* release, counted). Kafka Streams goes by the lag its last fetch
   saw; asking the broker after the event was read closes the race where the
@@ -240,6 +242,7 @@ class LogMerge:
         self.announcements: list[tuple[int, bytes, OrderKey]] = []
         self._resyncs: dict[TP, tuple[int, int]] = {}  # partition -> (offset sought to, times)
         self._published: dict[int, Watermark] = {}
+        self._reads: deque[tuple[float, int, int]] = deque()  # (time, seq, latest), oldest first (`as_of`)
 
     # -- assignment -------------------------------------------------------------------
 
@@ -485,6 +488,25 @@ class LogMerge:
                         start, source.next_offset)  # fmt: skip
             source.next_offset = start
             group.least = None
+
+    def as_of(self, now: float, grace: float) -> tuple[int, int]:
+        """(messages read, latest order time read) `grace` seconds before `now`, for `confirm_ends`.
+
+        A producer sends its events in order, but batches them per partition:
+        an event stamped before one this worker read can still be on its way
+        to another partition, appended some milliseconds later (seen in the
+        live equivalence test: an opening appended after its account's later
+        issuance had been read, and its partition asked for its end). An end
+        offset asked now vouches only for what was read `grace` before.
+        """
+        reads = self._reads
+        reads.append((now, self.seq, self.latest))
+        cutoff = now - grace
+        while len(reads) > 1 and reads[1][0] <= cutoff:
+            reads.popleft()
+        if reads[0][0] > cutoff:
+            return -1, FIRST.time_ms  # read for less than `grace`: nothing vouched for yet
+        return reads[0][1], reads[0][2]
 
     def confirm_ends(self, ends: Mapping[TP, int], asked_seq: int, asked_latest: int) -> None:
         """The broker's end offsets, asked once `asked_seq` messages had arrived, the latest read at

@@ -33,9 +33,17 @@ async def publish(
     lines: Iterable[bytes],
     rate: float | None = None,
     stamp: bool = True,
+    window: int = 256,
     **client: Any,
 ) -> int:
     """Send every line to its topic; `rate` caps events per second. Returns the count sent.
+
+    In the log's order, `window` at a time: each window's records are
+    acknowledged before the next is sent, so a record lands at most one
+    window's round trip after an earlier one on another partition, well
+    within the allocators' `end_grace` (docs/producers.md). Sent all at once,
+    the producer's batches to different partitions land in any order, and
+    an earlier event can land seconds after a later one was applied: late.
 
     `stamp`: as a producer relaying from an outbox does, each record's
     timestamp is its event's `occurred_at` (`costtrace.model.order.record_times`);
@@ -50,17 +58,23 @@ async def publish(
     try:
         await producer.start()  # in the try: a start that fails (or is cancelled) leaves nothing open
         started = time.monotonic()
+        pending: list[asyncio.Future[Any]] = []
         for line, time_ms in zip(lines, times, strict=False):  # `times` may be endless
             topic, key = route(line, cat)
-            await producer.send(
-                topic, line, key=key, partition=0 if key is None else None, timestamp_ms=time_ms
+            pending.append(
+                await producer.send(
+                    topic, line, key=key, partition=0 if key is None else None, timestamp_ms=time_ms
+                )
             )
             sent += 1
+            if len(pending) >= window:
+                await asyncio.gather(*pending)
+                pending.clear()
             if rate:
                 ahead = sent / rate - (time.monotonic() - started)
                 if ahead > 0.005:
                     await asyncio.sleep(ahead)
-        await producer.flush()
+        await asyncio.gather(*pending)
     finally:
         await producer.stop()
     return sent

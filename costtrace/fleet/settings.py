@@ -65,8 +65,11 @@ class Settings(BaseSettings):
 
     # the log order (costtrace/fleet/merge.py): how long an allocator waits for a topic partition whose
     # data is due before it goes on without it; how many held events of one topic partition
-    # make it fetch the others first; how often it asks end offsets and publishes watermarks
+    # make it fetch the others first; how often it asks end offsets and publishes watermarks;
+    # how long after reading an event a partition at its end still lets an earlier-stamped one
+    # come (a producer's batches to several partitions land in any order within that)
     max_idle: float = 3.0
+    end_grace: float = 0.25
     hold_limit: int = 2000
     order_tick: float = 0.01
     watermark_interval: float = 0.01

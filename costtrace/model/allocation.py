@@ -57,7 +57,8 @@ class Outcome:
     """
 
     __slots__ = (
-        "account_id", "credit_blobs", "detail", "record_kinds", "record_lines", "rejection", "status", "step",
+        "account_id", "credit_blobs", "detail", "late", "record_kinds", "record_lines", "rejection", "status",
+        "step",
     )  # fmt: skip
 
     def __init__(
@@ -70,6 +71,7 @@ class Outcome:
         detail: str | None = None,
         step: int = 0,
         record_kinds: tuple[str, ...] = (),
+        late: bool = False,
     ) -> None:
         self.status = status
         self.account_id = account_id
@@ -79,6 +81,8 @@ class Outcome:
         self.detail = detail  # why, for a rejection
         self.step = step  # the account's step that made the records: (step, seq) is replay's order
         self.record_kinds = record_kinds  # each record's kind, in order (what metrics count)
+        # applied after an event of its account that comes later in the log order (the fleet's `order`)
+        self.late = late
 
     @property
     def records(self) -> list[Record]:
@@ -102,7 +106,7 @@ def _rejection(native: NativeRejection | None) -> Rejection | None:
 def _outcome(n: NativeOutcome) -> Outcome:
     return Outcome(
         _STATUS[n.status], n.account_id, n.record_lines, n.credit_blobs, _rejection(n.rejection), n.detail,
-        n.step, n.record_kinds,
+        n.step, n.record_kinds, n.late,
     )  # fmt: skip
 
 
@@ -115,18 +119,21 @@ def apply_event(
     event: Event | Invalid | bytes | str,
     position: Position | None = None,
     settled: Settled | None = None,
+    order: tuple[int, int, int, int, int] | None = None,
 ) -> Outcome:
     """Apply one input event (raw JSON or parsed) to its account.
 
-    The fleet passes where it read the event (`position`) and what it has
-    committed (`settled`); replay passes neither.
+    The fleet passes where it read the event (`position`), what it has
+    committed (`settled`) and the event's place in the log order (`order`,
+    an `OrderKey`: the account keeps the largest, and an event before it
+    comes out `late`); replay passes none of them.
     """
     ev = parse_event(event) if isinstance(event, (bytes, str)) else event
     if isinstance(ev, Invalid):
         # depends on the payload alone, so a redelivery gives the same answer
         rej = rejection(ev.event_id, ev.account_id, Reason.INVALID_EVENT)
         return Outcome(Status.REJECTED, ev.account_id, [], [], rej, ev.detail)
-    native = store.native.apply_event(_msgpack.encode(ev), _where(position), settled)
+    native = store.native.apply_event(_msgpack.encode(ev), _where(position), settled, order)
     return _outcome(native)
 
 
@@ -144,7 +151,11 @@ def replay_event(store: MemoryStore, raw: bytes | str) -> tuple[Status, bytes, i
 
 
 def apply_credit(
-    store: Store, credit: Credit | bytes, position: Position | None = None, settled: Settled | None = None
+    store: Store,
+    credit: Credit | bytes,
+    position: Position | None = None,
+    settled: Settled | None = None,
+    order: tuple[int, int, int, int, int] | None = None,
 ) -> Outcome:
     """Apply the receiving half of a transfer (a `Credit`, or its msgpack) to its receiver (rule 6).
 
@@ -154,16 +165,22 @@ def apply_credit(
     the first free `#2`, `#3`, ... suffix is used, so the coins are never lost.
     """
     blob = credit if isinstance(credit, bytes) else _msgpack.encode(credit)
-    return _outcome(store.native.apply_credit(blob, _where(position), settled))
+    return _outcome(store.native.apply_credit(blob, _where(position), settled, order))
 
 
 def apply_archive(
-    store: Store, archive: Archive, position: Position | None = None, settled: Settled | None = None
+    store: Store,
+    archive: Archive,
+    position: Position | None = None,
+    settled: Settled | None = None,
+    order: tuple[int, int, int, int, int] | None = None,
 ) -> Outcome:
     """Drop the slices of archived orders (the fleet's `costtrace archive`); records nothing.
 
     An order with debt still on SUSPENSE is kept whole: its trueups are yet to
     come. Archiving an order twice changes nothing.
     """
-    native = store.native.apply_archive(archive.account_id, archive.order_ids, _where(position), settled)
+    native = store.native.apply_archive(
+        archive.account_id, archive.order_ids, _where(position), settled, order
+    )
     return _outcome(native)

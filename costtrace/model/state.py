@@ -91,6 +91,8 @@ class Account(msgspec.Struct, array_like=True, gc=False):
     steps: int = 0
     # positions whose outputs may still be asked for again (fleet only)
     kept: list[Kept] = msgspec.field(default_factory=list)
+    # the largest place in the log order of an event applied to it (fleet only: costtrace/model/order.py)
+    last: tuple[int, int, int, int, int] | None = None
 
     def stock(self) -> int:
         return sum(b.remaining for b in self.open)

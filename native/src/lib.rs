@@ -25,7 +25,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
 use model::{Outcome, Position, Settled, Status};
-use state::{Credit, Rejection};
+use state::{Credit, OrderMark, Rejection};
 use store::{MemoryTable, StateError, Store, Table, Write};
 
 impl From<StateError> for PyErr {
@@ -96,10 +96,11 @@ struct NativeStore {
 
 type Where = Option<(String, i64)>;
 
-fn at(position: &Where) -> Option<Position<'_>> {
+fn at(position: &Where, order: Option<OrderMark>) -> Option<Position<'_>> {
     position.as_ref().map(|(source, offset)| Position {
         source,
         offset: *offset,
+        order,
     })
 }
 
@@ -173,6 +174,8 @@ struct NativeOutcome {
     step: i64,
     /// each record's kind, in order
     record_kinds: Py<PyTuple>,
+    /// applied after an event of its account later in the log order
+    late: bool,
 }
 
 /// Replay's step: the records of an event and its credits as JSON lines, each ending in a newline.
@@ -233,6 +236,7 @@ fn outcome_of(py: Python<'_>, o: Outcome) -> PyResult<Py<NativeOutcome>> {
             detail,
             step: o.step,
             record_kinds: kinds.unbind(),
+            late: o.late,
         },
     )
 }
@@ -255,17 +259,18 @@ impl NativeStore {
         }
     }
 
-    #[pyo3(signature = (event, position=None, settled=None))]
+    #[pyo3(signature = (event, position=None, settled=None, order=None))]
     fn apply_event<'py>(
         &mut self,
         py: Python<'py>,
         event: &[u8],
         position: Where,
         settled: Option<Bound<'py, PyAny>>,
+        order: Option<OrderMark>,
     ) -> PyResult<Py<NativeOutcome>> {
         let ev = model::Event::from_msgpack(event)
             .map_err(|e| PyValueError::new_err(format!("not an event: {e}")))?;
-        let pos = at(&position);
+        let pos = at(&position, order);
         let outcome = on_backend!(
             self,
             store,
@@ -275,17 +280,18 @@ impl NativeStore {
         outcome_of(py, outcome)
     }
 
-    #[pyo3(signature = (credit, position=None, settled=None))]
+    #[pyo3(signature = (credit, position=None, settled=None, order=None))]
     fn apply_credit<'py>(
         &mut self,
         py: Python<'py>,
         credit: &[u8],
         position: Where,
         settled: Option<Bound<'py, PyAny>>,
+        order: Option<OrderMark>,
     ) -> PyResult<Py<NativeOutcome>> {
         let credit: Credit =
             rmp_serde::from_slice(credit).map_err(|e| PyValueError::new_err(format!("not a credit: {e}")))?;
-        let pos = at(&position);
+        let pos = at(&position, order);
         let outcome = on_backend!(
             self,
             store,
@@ -295,7 +301,7 @@ impl NativeStore {
         outcome_of(py, outcome)
     }
 
-    #[pyo3(signature = (account_id, order_ids, position=None, settled=None))]
+    #[pyo3(signature = (account_id, order_ids, position=None, settled=None, order=None))]
     fn apply_archive<'py>(
         &mut self,
         py: Python<'py>,
@@ -303,8 +309,9 @@ impl NativeStore {
         order_ids: Vec<String>,
         position: Where,
         settled: Option<Bound<'py, PyAny>>,
+        order: Option<OrderMark>,
     ) -> PyResult<Py<NativeOutcome>> {
-        let pos = at(&position);
+        let pos = at(&position, order);
         let outcome = on_backend!(
             self,
             store,

@@ -14,7 +14,8 @@ use blake2::digest::{Update, VariableOutput};
 use blake2::Blake2bVar;
 
 use crate::state::{
-    BatchInfo, Credit, CreditSlice, Debt, Kept, Kind, OpenBatch, Order, Outputs, Record, Rejection, Slice,
+    BatchInfo, Credit, CreditSlice, Debt, Kept, Kind, OpenBatch, Order, OrderMark, Outputs, Record,
+    Rejection, Slice,
 };
 use crate::store::{AccountState, EventBytes, Store, Table};
 
@@ -51,6 +52,8 @@ pub struct Outcome {
     pub detail: Option<Detail>,
     /// the account's step that made the records: (step, seq) is replay's order
     pub step: i64,
+    /// applied after an event of its account that comes later in the log order (`Account::last`)
+    pub late: bool,
 }
 
 impl Outcome {
@@ -63,6 +66,7 @@ impl Outcome {
             rejection: None,
             detail: None,
             step: 0,
+            late: false,
         }
     }
 
@@ -141,10 +145,12 @@ impl Event {
     }
 }
 
-/// Where the fleet read an event: its source ("topic:partition") and offset.
+/// Where the fleet read an event: its source ("topic:partition") and offset, and its place in the
+/// log order when the fleet's hold gave it one (`costtrace.model.order.OrderKey`).
 pub struct Position<'a> {
     pub source: &'a str,
     pub offset: i64,
+    pub order: Option<OrderMark>,
 }
 
 /// A short, unambiguous id of (account, event): the stem of its record ids.
@@ -621,7 +627,7 @@ fn load<T: Table>(
 fn finish<T: Table>(
     store: &mut Store<T>,
     mut state: AccountState,
-    outcome: Outcome,
+    mut outcome: Outcome,
     position: Option<&Position>,
     mut changed: bool,
     settled: Option<&mut dyn Settled<T::Error>>,
@@ -663,6 +669,15 @@ fn finish<T: Table>(
             state.outputs.set(slot.to_string(), outcome.outputs());
         }
         changed = true;
+    }
+    if let (true, Some(order)) = (changed, position.and_then(|p| p.order)) {
+        // an account's largest place applied, kept with its state: an event before it is late
+        // whoever applies it, after any change of owner
+        let head = &mut state.head;
+        match head.last {
+            Some(last) if order < last => outcome.late = true,
+            _ => head.last = Some(order),
+        }
     }
     if changed {
         store.commit(state)?;

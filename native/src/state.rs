@@ -87,7 +87,13 @@ pub struct Account {
     pub steps: i64,
     #[serde(default)]
     pub kept: Vec<Kept>,
+    /// the largest log-order place of an event applied to it (fleet only; replay has no places)
+    #[serde(default)]
+    pub last: Option<OrderMark>,
 }
+
+/// A place in the fleet's log order: (order time, rank, partition, offset, credit), compared in that order.
+pub type OrderMark = (i64, i64, i64, i64, i64);
 
 impl Account {
     /// Open stock; summed wide, so no number of batches can overflow it.

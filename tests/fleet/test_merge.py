@@ -113,6 +113,35 @@ def test_a_partition_at_its_end_holds_nothing_back_but_one_with_data_due_does() 
     assert released(m) == [("p.issued", 0), ("p.issued", 1), ("p.issued", 2)]
 
 
+def test_an_end_vouches_only_for_what_was_read_the_grace_before_it_was_asked() -> None:
+    """A producer's batch to one partition can land after its later-stamped batch to another: an end
+    offset asked just after reading the later event must not let it go before the earlier one."""
+    m = merge()
+    add(m, watermark(0, 0, mark(0, OrderKey(99, 3, 0, 0, 1))))
+    ends = {(t, 0): 0 for t in TOPICS}
+    m.as_of(0.0, 0.25)
+    add(m, Msg("p.issued", 0, 0, 20, []))  # read at 0.1; the opening stamped 10 is still on its way
+    m.confirm_ends(ends | {("p.issued", 0): 1}, *m.as_of(0.2, 0.25))
+    assert released(m) == []  # the answer vouches for nothing read after 0.0-: issued waits
+    add(m, Msg("p.opened", 0, 0, 10, []))  # lands at 0.3
+    m.confirm_ends(ends | {("p.issued", 0): 1, ("p.opened", 0): 1}, *m.as_of(0.4, 0.25))
+    assert released(m) == []  # read at most 0.15 ago: not yet vouched for
+    m.confirm_ends(ends | {("p.issued", 0): 1, ("p.opened", 0): 1}, *m.as_of(0.7, 0.25))
+    assert [(h.message.topic, h.late) for h in m.release(0.7)] == [("p.opened", False), ("p.issued", False)]
+
+
+def test_without_the_grace_the_same_arrivals_make_the_opening_late() -> None:
+    m = merge()
+    add(m, watermark(0, 0, mark(0, OrderKey(99, 3, 0, 0, 1))))
+    ends = {(t, 0): 0 for t in TOPICS}
+    add(m, Msg("p.issued", 0, 0, 20, []))
+    m.confirm_ends(ends | {("p.issued", 0): 1}, *m.as_of(0.2, 0.0))
+    assert released(m) == [("p.issued", 0)]
+    add(m, Msg("p.opened", 0, 0, 10, []))
+    m.confirm_ends(ends | {("p.issued", 0): 1, ("p.opened", 0): 1}, *m.as_of(0.4, 0.0))
+    assert [(h.message.topic, h.late) for h in m.release(0.4)] == [("p.opened", True)]
+
+
 def test_a_partition_with_data_due_is_let_go_after_max_idle_and_what_it_brings_is_late() -> None:
     m = merge(max_idle=2.0)
     add(m, watermark(0, 0, mark(0, OrderKey(99, 3, 0, 0, 1))))

@@ -209,3 +209,33 @@ def test_the_partition_table_reads_what_it_wrote_from_memory_and_forgets_after_a
     assert table.get(b"c") == b"3" and table.get(b"b") == b"2"
     for db in dbs.values():
         db.close()
+
+
+def test_an_event_before_one_its_account_applied_is_late_for_whoever_applies_it() -> None:
+    """The hold knows only what its own worker applied; the account's state knows what any worker did."""
+    from costtrace.fleet.allocator import LATE_EVENT, Allocator, Message
+    from costtrace.model.order import OrderKey
+    from tests.model.helpers import ev, issued
+
+    table = LoggedTable()
+    first = Allocator(TableStore(table), "credits", "allocations", "dead-letters")
+    issue = Message("issued", 0, 93, b"alice", issued("b1", 100), 166_000)
+    done = first.handle(issue, order=OrderKey(166_000, 1, 0, 93))
+    assert done.outcome.status is Status.APPLIED and not done.late
+    # another worker takes the partition over: a new store on the restored table, a hold from scratch
+    second = Allocator(TableStore(LoggedTable(dict(table))), "credits", "allocations", "dead-letters")
+    again = second.handle(issue, order=OrderKey(166_000, 1, 0, 93))  # read again from the commit
+    assert again.outcome.status is Status.REDELIVERED and not again.late
+    opening = ev("opened", event_id="open-1", batch_id="b0", budget_id="ACME", amount=5)
+    late = second.handle(Message("opened", 0, 6, b"alice", opening, 98_000), order=OrderKey(98_000, 0, 0, 6))
+    assert late.outcome.status is Status.APPLIED and late.late
+    letters = [o for o in late.outputs if o.topic == "dead-letters"]
+    assert [msgspec.json.decode(o.value)["reason"] for o in letters] == [LATE_EVENT]
+    # the account keeps the largest place: a later event is on time again
+    later = second.handle(
+        Message("consumed", 0, 7, b"alice", ev("consumed", event_id="c1", order_id="o1", amount=3), 170_000),
+        order=OrderKey(170_000, 4, 0, 7),
+    )
+    assert later.outcome.status is Status.APPLIED and not later.late
+    # replay (no places) and a store without them are untouched: nothing is ever late there
+    assert not apply_event(MemoryStore(), opening).late
