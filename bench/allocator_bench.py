@@ -113,7 +113,9 @@ async def _run(messages: list[_Message], folder: Path, linger_every: int) -> flo
     for i, m in enumerate(messages):
         step(m)
         if i % linger_every == 0:
+            local.flush()  # as the allocator does after each round it applies
             await outbox.hand_over()
+    local.flush()
     await outbox.hand_over()
     seconds = time.perf_counter() - start
     for db in dbs.values():

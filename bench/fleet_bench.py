@@ -136,21 +136,30 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         ports = {"allocator": _free_port(), "sink": _free_port()}  # the order of cpu_us below
+        logs = {role: Path(tmp) / f"{role}.log" for role in ports}
         procs = [
             subprocess.Popen(
                 [sys.executable, "-m", "costtrace.cli", "worker", "--role", role,
                  "--state-dir", str(Path(tmp) / role)],
                 env={**worker_env, "COSTTRACE_HTTP_PORT": str(port)},
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, stderr=logs[role].open("w"),
             )
             for role, port in ports.items()
         ]  # fmt: skip
+
+        def alive() -> None:
+            """A worker that stopped would leave the bench waiting for an hour: say why, at once."""
+            for (role, log), p in zip(logs.items(), procs, strict=True):
+                if p.poll() is not None:
+                    tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-30:])
+                    raise SystemExit(f"the {role} stopped (exit {p.returncode}); its log ends:\n{tail}")
+
         try:
             broker = _broker_pid()
             ready_at = _ready(ports["allocator"])
             cpu_start = [_cpu_seconds(p.pid) for p in procs] + [_cpu_seconds(broker)]
             asyncio.run(wait_drained(settings.kafka_bootstrap, cat, settings.app_id, settings.sink_app_id,
-                                     args.partitions, timeout=3600))  # fmt: skip
+                                     args.partitions, timeout=3600, check=alive))  # fmt: skip
             cpu = [_cpu_seconds(p.pid) for p in procs] + [_cpu_seconds(broker)]
             cpu_us = [(b - a) / len(lines) * 1e6 for a, b in zip(cpu_start, cpu, strict=True)]
 
@@ -179,7 +188,7 @@ def main() -> None:
             since = time.time()
             asyncio.run(publish(settings.kafka_bootstrap, cat, extra, rate, stamp=False))
             asyncio.run(wait_drained(settings.kafka_bootstrap, cat, settings.app_id, settings.sink_app_id,
-                                     args.partitions, timeout=600))  # fmt: skip
+                                     args.partitions, timeout=600, check=alive))  # fmt: skip
 
             async def latency() -> tuple[float, float, int]:
                 conn = await asyncpg.connect(dsn)

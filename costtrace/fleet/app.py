@@ -241,6 +241,7 @@ class Committed:
 
 # records the allocator lets wait for a hand-over before it waits itself
 MAX_WAITING = 20_000
+RELEASE_BATCH = 500  # events applied before the event loop runs again (`apply_released`)
 # watermark messages on the credits topic (costtrace/fleet/merge.py)
 WATERMARK_KEY = b""
 WATERMARK_HEADERS = [(WATERMARK_HEADER, b"1")]
@@ -316,6 +317,9 @@ def allocator_app(settings: Settings) -> faust.App:
         **_base_config(settings, settings.app_id),
         store="rocksdb://",
         table_standby_replicas=settings.standby_replicas,
+        # the hold applies every partition in time order: fetched a little of each at a time, a
+        # backlog's first events can go before the whole of it has been read (docs/performance.md)
+        consumer_max_fetch_size=settings.fetch_partition_bytes,
     )
     table = app.Table("state", partitions=settings.partitions, key_type=bytes, value_type=bytes)
     room = StreamRoom()
@@ -466,15 +470,24 @@ def allocator_app(settings: Settings) -> faust.App:
             outbox.add(cat.credits, WATERMARK_KEY, value, ANNOUNCEMENT_HEADERS, receiver)
         merge.announcements.clear()
 
-    def apply_released(partition: int | None = None) -> None:
-        """Apply what the hold lets go (one partition's, or all), in the log order."""
-        if step is None:
-            return
-        released = merge.release(time.monotonic(), partition)
+    def apply_released(partition: int | None = None) -> bool:
+        """Apply what the hold lets go (one partition's, or all), in the log order; whether more may be due.
+
+        At most `RELEASE_BATCH` at a time: the caller lets the event loop run
+        (hand-overs, fetches, the hold's timers) before it asks again, not
+        after the tens of thousands a backlog's start can release at once.
+        """
+        if step is None or (partition is not None and partition not in merge.groups):
+            return False
+        released = merge.release(time.monotonic(), partition, RELEASE_BATCH)
         if released and merge.announcements:  # a transfer's credit goes after its announcement
             announce()
-        for held_message in released:
-            step(held_message.message, held_message.key, held_message.late)
+        try:
+            for held_message in released:
+                step(held_message.message, held_message.key, held_message.late)
+        finally:
+            step.local.flush()  # before the event loop runs anything that may read RocksDB
+        return len(released) >= RELEASE_BATCH
 
     @app.task  # type: ignore[untyped-decorator]
     async def _order() -> None:
@@ -525,7 +538,8 @@ def allocator_app(settings: Settings) -> faust.App:
                 log.warning("end offsets not read: %r", exc)
             if not consumer.flow_active or not merge.groups:  # a rebalance began meanwhile
                 continue
-            apply_released()
+            while apply_released() and consumer.flow_active:
+                await asyncio.sleep(0)
             now = time.monotonic()
             if now - watermarks_at >= settings.watermark_interval:
                 watermarks_at = now
@@ -584,7 +598,10 @@ def allocator_app(settings: Settings) -> faust.App:
                 merge.add(
                     m.topic, m.partition, m.offset, int(m.timestamp * 1000), m.headers, m, time.monotonic()
                 )
-                apply_released(m.partition)
+                while apply_released(m.partition):
+                    await asyncio.sleep(0)
+                    if outbox.waiting > MAX_WAITING:
+                        await outbox.hand_over()
                 if outbox.waiting > MAX_WAITING:
                     await outbox.hand_over()
             except BaseException as exc:

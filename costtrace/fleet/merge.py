@@ -538,8 +538,11 @@ class LogMerge:
 
     # -- output -------------------------------------------------------------------------
 
-    def release(self, now: float, partition: int | None = None) -> list[Held]:
+    def release(self, now: float, partition: int | None = None, limit: int | None = None) -> list[Held]:
         """Every held message whose turn has come, each account's in the log order (one partition, or all).
+
+        At most `limit` (the rest at the next call), so that the allocator
+        hands over what they gave while it goes on.
 
         One partition's, as after each message read, goes by the least bound
         worked out before when nothing has moved it; all of them, as the
@@ -554,8 +557,10 @@ class LogMerge:
             return out
         if partition is None:
             for group in self.groups.values():
+                if limit is not None and len(out) >= limit:
+                    break
                 if group.heap:
-                    self._release_group(group, self._least_bound(group, group.heap[0][0], now), out)
+                    self._release_group(group, self._least_bound(group, group.heap[0][0], now), out, limit)
         else:
             group = self.groups[partition]
             if group.heap:
@@ -563,7 +568,7 @@ class LogMerge:
                 if least is None:
                     least = self._least_bound(group, group.heap[0][0], now)
                 if group.heap[0][0] < least:
-                    self._release_group(group, least, out)
+                    self._release_group(group, least, out, limit)
         self.held -= len(out)
         return out
 
@@ -620,9 +625,9 @@ class LogMerge:
         for group in self.groups.values():
             group.least = None
 
-    def _release_group(self, group: Group, wait: OrderKey, out: list[Held]) -> None:
+    def _release_group(self, group: Group, wait: OrderKey, out: list[Held], limit: int | None = None) -> None:
         heap, waiting, pending = group.heap, group.waiting, group.pending
-        while heap:
+        while heap and (limit is None or len(out) < limit):
             key, _, held = heap[0]
             if key >= wait:
                 return

@@ -59,17 +59,30 @@ class PartitionTable:
     event reads none of it from RocksDB (docs/performance.md, "The log order,
     faster"). Only this process writes a partition it is active
     for; `forget()` after each rebalance, when recovery may have written.
+
+    Writes reach RocksDB at `flush()`, one write batch per partition for
+    many events (the allocator flushes after each round it applies, before
+    the event loop runs anything else), or once `unflushed` writes wait;
+    until then reads find them in memory. A batch per event cost more than
+    the writes in it.
     """
 
-    def __init__(self, db_for_partition: Callable[[int], Any], kept: int = 100_000) -> None:
+    def __init__(
+        self, db_for_partition: Callable[[int], Any], kept: int = 100_000, unflushed: int = 20_000
+    ) -> None:
         self._db_for_partition = db_for_partition
         self.db: Any = None
         self.pending: list[list[tuple[bytes, bytes]]] = []
         self._kept_entries = kept
         self._kept: dict[int, dict[bytes, bytes | None]] = {}
         self._known: dict[bytes, bytes | None] = {}
+        self._partition = -1
+        self._batches: dict[int, tuple[Any, WriteBatch]] = {}  # partition -> (its DB, writes not flushed)
+        self._unflushed = 0
+        self._unflushed_limit = unflushed
 
     def use(self, partition: int) -> None:
+        self._partition = partition
         self.db = self._db_for_partition(partition)
         known = self._kept.get(partition)
         if known is None:
@@ -77,28 +90,45 @@ class PartitionTable:
         self._known = known
 
     def forget(self) -> None:
+        self.flush()
         self._kept.clear()
         self._known = {}
+
+    def flush(self) -> None:
+        """Write what waits to RocksDB, each partition's in one write batch."""
+        batches, self._batches, self._unflushed = self._batches, {}, 0
+        for db, batch in batches.values():
+            db.write(batch)
+
+    def _full(self, known: dict[bytes, bytes | None]) -> None:
+        # what waits must be in RocksDB before memory forgets it
+        self.flush()
+        known.clear()
 
     def get(self, key: bytes, default: Any = None) -> Any:
         known = self._known
         value = known.get(key, _ABSENT)
         if value is _ABSENT:
             if len(known) >= self._kept_entries:
-                known.clear()
+                self._full(known)
             value = known[key] = self.db.get(key)
         return default if value is None else value
 
     def put_all(self, writes: list[tuple[bytes, bytes]]) -> None:
-        batch = WriteBatch(raw_mode=True)
         known = self._known
         if len(known) >= self._kept_entries:
-            known.clear()
+            self._full(known)
+        waiting = self._batches.get(self._partition)
+        if waiting is None:
+            waiting = self._batches[self._partition] = (self.db, WriteBatch(raw_mode=True))
+        batch = waiting[1]
         for key, value in writes:
             batch.put(key, value)
             known[key] = value
-        self.db.write(batch)
         self.pending.append(writes)
+        self._unflushed += len(writes)
+        if self._unflushed >= self._unflushed_limit:
+            self.flush()
 
 
 def account_of_key(key: bytes) -> str:

@@ -76,7 +76,7 @@ class Consumer:
         return self.assigned
 
     async def _getmany(self, active_partitions: Any, timeout: float) -> Any:
-        self.fetching = active_partitions
+        self.fetching, self.timeout = active_partitions, timeout
         await asyncio.sleep(0)
         return {tp: [] for tp in active_partitions}
 
@@ -106,6 +106,13 @@ async def test_the_consumer_thread_fetches_a_snapshot_of_the_active_partitions()
     active.discard(CHANGELOG)  # recovery pauses the changelog while the fetch waits
     assert await fetch == {CHANGELOG: []}
     assert consumer.fetching == {CHANGELOG}, "an emptied set reads as every partition in aiokafka"
+
+
+async def test_a_fetch_waits_briefly_so_partitions_resumed_meanwhile_are_read_at_once() -> None:
+    consumer = Consumer()
+    ConsumerGuards(consumer, lambda tp: tp.topic.endswith("-changelog"))
+    await consumer._getmany(active_partitions={CHANGELOG}, timeout=1.0)  # faust's fetch loop asks 1 s
+    assert consumer.timeout == internals.FETCH_WAIT < 1.0
 
 
 async def test_stream_partitions_the_group_never_committed_are_read_again_from_their_beginning() -> None:

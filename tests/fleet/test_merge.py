@@ -130,6 +130,26 @@ def test_an_end_vouches_only_for_what_was_read_the_grace_before_it_was_asked() -
     assert [(h.message.topic, h.late) for h in m.release(0.7)] == [("p.opened", False), ("p.issued", False)]
 
 
+def test_a_release_gives_at_most_its_limit_and_the_rest_next_time_in_the_same_order() -> None:
+    m = merge(partitions=2)
+    for p in range(2):
+        add(m, watermark(p, 0, mark(0, OrderKey(999, 3, 0, 0, 1)) + b""))
+    ends = {(t, p): 0 for t in TOPICS for p in range(2)}
+    for p in range(2):
+        add(m, watermark(p, 1, mark(1, OrderKey(999, 3, 1, 0, 1))))
+    for offset in range(5):
+        for p in range(2):
+            add(m, Msg("p.consumed", p, offset, 10 + offset, []))
+    m.confirm_ends(ends | {("p.consumed", p): 5 for p in range(2)}, m.seq, m.latest)
+    batches = []
+    while batch := [(h.message.partition, h.message.offset) for h in m.release(0.0, limit=3)]:
+        batches.append(batch)
+    assert [len(b) for b in batches] == [3, 3, 3, 1]
+    for p in range(2):
+        assert [o for b in batches for q, o in b if q == p] == list(range(5))
+    assert m.held == 0
+
+
 def test_without_the_grace_the_same_arrivals_make_the_opening_late() -> None:
     m = merge()
     add(m, watermark(0, 0, mark(0, OrderKey(99, 3, 0, 0, 1))))

@@ -160,6 +160,7 @@ table = PartitionTable(lambda partition: db)
 table.use(0)
 for i in range(100):
     table.put_all([(b"k%d" % i, b"v%d" % i), (b"h", b"%d" % i)])
+    table.flush()  # the allocator's round ends before the persisted offset moves
     db.put(b"__faust\\0offset__", b"%d" % i)  # as faust's set_persisted_offset writes it
     if i == 49:
         db.flush()  # RocksDB flushes a full memtable on its own; here, once, by hand
@@ -192,7 +193,10 @@ def test_the_partition_table_reads_what_it_wrote_from_memory_and_forgets_after_a
     table = PartitionTable(dbs.__getitem__, kept=3)
     table.use(0)
     table.put_all([(b"a", b"1"), (b"b", b"2")])
-    assert dbs[0][b"a"] == b"1" and table.pending == [[(b"a", b"1"), (b"b", b"2")]]  # and in RocksDB
+    assert table.pending == [[(b"a", b"1"), (b"b", b"2")]] and table.get(b"a") == b"1"
+    assert dbs[0].get(b"a") is None  # RocksDB gets a round's writes at once
+    table.flush()
+    assert dbs[0][b"a"] == b"1" and dbs[0][b"b"] == b"2"
     assert table.get(b"zz") is None and table.get(b"zz", b"-") == b"-"
     dbs[0][b"a"] = b"restored"  # recovery, behind the table's back
     dbs[0][b"zz"] = b"restored"
@@ -205,8 +209,21 @@ def test_the_partition_table_reads_what_it_wrote_from_memory_and_forgets_after_a
     table.use(0)
     assert table.get(b"a") == b"restored" and table.get(b"zz") == b"restored"
     table.put_all([(b"c", b"3"), (b"d", b"4")])  # past `kept`: what was kept is forgotten, not wrong
+    table.put_all([(b"e", b"5")])  # memory full: what waited is written before it is forgotten
+    assert dbs[0][b"c"] == b"3" and dbs[0][b"d"] == b"4"
+    assert table.get(b"c") == b"3" and table.get(b"b") == b"2" and table.get(b"e") == b"5"
+    table.flush()
     dbs[0][b"c"] = b"behind"
-    assert table.get(b"c") == b"3" and table.get(b"b") == b"2"
+    table.use(1)
+    for i in range(4):  # and once `unflushed` writes wait, whatever the memory holds
+        PartitionTable.put_all(table, [(b"x%d" % i, b"y")])
+    small = PartitionTable(dbs.__getitem__, unflushed=2)
+    small.use(1)
+    small.put_all([(b"u", b"1")])
+    assert dbs[1].get(b"u") is None
+    small.put_all([(b"v", b"2")])
+    assert dbs[1][b"u"] == b"1" and dbs[1][b"v"] == b"2"
+    table.flush()
     for db in dbs.values():
         db.close()
 
