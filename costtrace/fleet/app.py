@@ -317,9 +317,6 @@ def allocator_app(settings: Settings) -> faust.App:
         **_base_config(settings, settings.app_id),
         store="rocksdb://",
         table_standby_replicas=settings.standby_replicas,
-        # the hold applies every partition in time order: fetched a little of each at a time, a
-        # backlog's first events can go before the whole of it has been read (docs/performance.md)
-        consumer_max_fetch_size=settings.fetch_partition_bytes,
     )
     table = app.Table("state", partitions=settings.partitions, key_type=bytes, value_type=bytes)
     room = StreamRoom()

@@ -50,8 +50,6 @@ class Settings(BaseSettings):
     # a fetch waits for this many bytes, or fetch_max_wait: fewer, fuller fetches
     fetch_min_bytes: int = 65536
     fetch_max_wait: float = 0.05
-    # what an allocator fetches of one partition at a time (faust's default: 4 MiB)
-    fetch_partition_bytes: int = 131072
     # most messages one sink batch takes (it takes what has arrived, without waiting for more)
     sink_batch: int = 2000
     log_level: str = "warning"
