@@ -100,6 +100,8 @@ def main() -> None:
     ap.add_argument("--accounts", type=int, default=6_000)
     ap.add_argument("--partitions", type=int, default=8)
     ap.add_argument("--latency-seconds", type=float, default=20.0)
+    # events/s of the live traffic; by default half the allocator's backlog rate
+    ap.add_argument("--latency-rate", type=float, default=None)
     args = ap.parse_args()
 
     env = stack_up()
@@ -177,8 +179,8 @@ def main() -> None:
             seconds, n_records = asyncio.run(span())
             allocator = len(lines) / seconds
 
-            # steady rate, half of what the allocator sustained, for latency
-            rate = allocator / 2
+            # steady rate, half of what the allocator sustained (or as asked), for latency
+            rate = args.latency_rate or allocator / 2
             extra = [
                 encode_event(e) for e in generate_events(int(rate * args.latency_seconds), args.accounts, 9)
             ]
