@@ -224,7 +224,7 @@ FETCH_WAIT = 0.1  # the longest one fetch of faust's waits for records (faust: 1
 
 
 class ConsumerGuards:
-    """Three fixes around faust's consumer, each for events read before faust is ready for them.
+    """Fixes around faust's consumer: three for events read before faust is ready for them, one for speed.
 
     1. Seek before streaming. faust's recovery resumes the stream partitions
        and *then* awaits `perform_seek` (`Recovery.on_recovery_completed`,
