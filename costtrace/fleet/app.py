@@ -483,7 +483,7 @@ def allocator_app(settings: Settings) -> faust.App:
             for held_message in released:
                 step(held_message.message, held_message.key, held_message.late)
         finally:
-            step.local.flush()  # before the event loop runs anything that may read RocksDB
+            local.flush()  # before the event loop runs anything that may read RocksDB
         return len(released) >= RELEASE_BATCH
 
     @app.task  # type: ignore[untyped-decorator]
@@ -595,12 +595,13 @@ def allocator_app(settings: Settings) -> faust.App:
                 merge.add(
                     m.topic, m.partition, m.offset, int(m.timestamp * 1000), m.headers, m, time.monotonic()
                 )
-                while apply_released(m.partition):
-                    await asyncio.sleep(0)
+                while True:
+                    more = apply_released(m.partition)
                     if outbox.waiting > MAX_WAITING:
                         await outbox.hand_over()
-                if outbox.waiting > MAX_WAITING:
-                    await outbox.hand_over()
+                    if not more:
+                        break
+                    await asyncio.sleep(0)
             except BaseException as exc:
                 # faust acks the event after an exception in the agent, whose state
                 # may be applied with its changelog or outputs not handed over: stop
