@@ -14,9 +14,15 @@ topics. Measured side by side in one run, on that same backlog:
   locks, one transaction per event (bench/pg_allocator.py).
 Then live traffic at a steady rate (half the allocator's), records stamped as
 they are sent, for end-to-end latency: Kafka timestamp to committed row, p50
-and p99. Ratios are what to quote.
+and p99, and what each event cost in CPU meanwhile (paced, every version of
+the allocator does the same work: `docs/performance.md` compares them so).
+Ratios are what to quote.
 
-    python -m bench.fleet_bench [--events N] [--accounts N] [--partitions P]
+`--workers-from CHECKOUT` runs the allocator and the sink from another
+checkout (its native module built), on what this one prepares: two versions
+compared on the same backlog, harness and clock (docs/performance.md).
+
+    python -m bench.fleet_bench [--events N] [--accounts N] [--partitions P] [--workers-from CHECKOUT]
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ from costtrace.fleet.publish import publish
 from costtrace.fleet.settings import fleet_catalogue
 from costtrace.ops.sample import encode_event, generate_events
 from dev.demo import stack_up
-from dev.harness import prepare_run, wait_drained
+from dev.harness import prepare_run, remove_run, wait_drained
 
 
 async def bare_consumer(bootstrap: str, topics: list[str], n: int, group: str) -> float:
@@ -102,7 +108,10 @@ def main() -> None:
     ap.add_argument("--latency-seconds", type=float, default=20.0)
     # events/s of the live traffic; by default half the allocator's backlog rate
     ap.add_argument("--latency-rate", type=float, default=None)
+    ap.add_argument("--workers-from", type=Path, default=None, help="a checkout whose workers to run")
+    ap.add_argument("--keep", action="store_true", help="keep the run's topics and database")
     args = ap.parse_args()
+    tree = (args.workers_from or Path.cwd()).resolve()
 
     env = stack_up()
     name = f"bench{time.strftime('%Y%m%d%H%M%S')}"
@@ -143,7 +152,7 @@ def main() -> None:
             subprocess.Popen(
                 [sys.executable, "-m", "costtrace.cli", "worker", "--role", role,
                  "--state-dir", str(Path(tmp) / role)],
-                env={**worker_env, "COSTTRACE_HTTP_PORT": str(port)},
+                cwd=tree, env={**worker_env, "COSTTRACE_HTTP_PORT": str(port), "PYTHONPATH": str(tree)},
                 stdout=subprocess.DEVNULL, stderr=logs[role].open("w"),
             )
             for role, port in ports.items()
@@ -165,18 +174,19 @@ def main() -> None:
             cpu = [_cpu_seconds(p.pid) for p in procs] + [_cpu_seconds(broker)]
             cpu_us = [(b - a) / len(lines) * 1e6 for a, b in zip(cpu_start, cpu, strict=True)]
 
-            async def span() -> tuple[float, int]:
+            async def span() -> tuple[float, float, int]:
                 conn = await asyncpg.connect(dsn)
                 try:
                     row = await conn.fetchrow(
-                        "SELECT extract(epoch FROM max(persisted_at)) - $1 AS s, count(*) AS n FROM records",
+                        "SELECT extract(epoch FROM min(persisted_at)) - $1 AS first,"
+                        " extract(epoch FROM max(persisted_at)) - $1 AS s, count(*) AS n FROM records",
                         ready_at,
                     )
-                    return float(row["s"]), int(row["n"])
+                    return float(row["first"]), float(row["s"]), int(row["n"])
                 finally:
                     await conn.close()
 
-            seconds, n_records = asyncio.run(span())
+            first_row, seconds, n_records = asyncio.run(span())
             allocator = len(lines) / seconds
 
             # steady rate, half of what the allocator sustained (or as asked), for latency
@@ -188,7 +198,10 @@ def main() -> None:
                 line.replace(b'"acct-', b'"lat-') for line in extra
             ]  # new ids: no repeats of the backlog
             since = time.time()
+            live_start = [_cpu_seconds(p.pid) for p in procs] + [_cpu_seconds(broker)]
             asyncio.run(publish(settings.kafka_bootstrap, cat, extra, rate, stamp=False))
+            live_cpu = [_cpu_seconds(p.pid) for p in procs] + [_cpu_seconds(broker)]
+            live_us = [(b - a) / len(extra) * 1e6 for a, b in zip(live_start, live_cpu, strict=True)]
             asyncio.run(wait_drained(settings.kafka_bootstrap, cat, settings.app_id, settings.sink_app_id,
                                      args.partitions, timeout=600, check=alive))  # fmt: skip
 
@@ -213,7 +226,10 @@ def main() -> None:
             for p in procs:
                 p.wait(timeout=60)
     locked = asyncio.run(pg_allocator.run(dsn, lines))
+    if not args.keep:
+        asyncio.run(remove_run(env, name))
 
+    print(f"workers from {tree}")
     print(f"backlog: a day of {len(lines):,} events over {args.accounts:,} accounts, {args.partitions}"
           f" partitions, published whole, stamped with event times (at {produce_rate:,.0f}/s);"
           f" {n_records:,} records")  # fmt: skip
@@ -222,9 +238,12 @@ def main() -> None:
                      ("allocator + sink, to committed rows", allocator),
                      ("lock-based PostgreSQL allocator", locked)):  # fmt: skip
         print(f"{label:36s}{r:10,.0f}{r / allocator:13.2f}")
+    print(f"first committed row {first_row:.2f} s after the allocator's readiness, the last {seconds:.2f} s")
     print(f"latency at {rate:,.0f} events/s ({n_lat:,} records): p50 {p50:,.0f} ms, p99 {p99:,.0f} ms")
     print("CPU per event during the backlog (from the allocator's readiness): allocator {:,.0f} µs,"
           " sink {:,.0f} µs, Kafka broker {:,.0f} µs".format(*cpu_us))  # fmt: skip
+    print("CPU per event during the live traffic (while it was sent): allocator {:,.0f} µs, sink {:,.0f} µs,"
+          " Kafka broker {:,.0f} µs".format(*live_us))  # fmt: skip
     print("goal: at least half the iterating agent's rate, 3x the lock-based allocator, p99 under 1 s")
 
 

@@ -188,6 +188,25 @@ async def drop_database(admin_dsn: str, name: str) -> None:
         await conn.close()
 
 
+async def remove_run(stack_env: dict[str, str], name: str) -> int:
+    """Delete a run's topics (its own and its workers' internal ones) and its database; the topics' count.
+
+    A benchmark run creates some 140 partitions; a broker left with thousands
+    of them from earlier runs is slower, and the figures of a series drift
+    (docs/performance.md).
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=stack_env["COSTTRACE_KAFKA_BOOTSTRAP"])
+    await admin.start()
+    try:
+        topics = [t for t in await admin.list_topics() if t.startswith((f"{name}.", f"{name}-"))]
+        if topics:
+            await admin.delete_topics(topics)
+    finally:
+        await admin.close()
+    await drop_database(stack_env["COSTTRACE_POSTGRES_DSN"], name)
+    return len(topics)
+
+
 def prepare_run(stack_env: dict[str, str], name: str, partitions: int = 8, **settings: Any) -> Run:
     """Create the run's database (migrated) and topics on the stack that `stack_env` describes."""
     admin_dsn = stack_env["COSTTRACE_POSTGRES_DSN"]

@@ -22,7 +22,7 @@ from costtrace.fleet.publish import publish
 from costtrace.fleet.settings import Settings, fleet_catalogue
 from costtrace.model.order import fleet_order
 from dev.demo import stack_env
-from dev.harness import prepare_run, stop_processes, wait_drained
+from dev.harness import prepare_run, remove_run, stop_processes, wait_drained
 
 REPO = Path(__file__).resolve().parents[2]
 _loose = msgspec.json.Decoder()
@@ -78,6 +78,11 @@ class Fleet:
     def stop_all(self) -> None:
         stop_processes(self.procs.values())
         self.procs.clear()
+
+    def remove(self) -> None:
+        """Delete the test's topics and database (its workers stopped): the broker stays small."""
+        stack = self.stack if self.stack is not None else stack_env()
+        asyncio.run(asyncio.wait_for(remove_run(stack, self.name), timeout=60))
 
     def assert_running(self) -> None:
         for name, proc in self.procs.items():
