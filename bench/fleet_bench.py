@@ -22,7 +22,7 @@ Ratios are what to quote.
 checkout (its native module built), on what this one prepares: two versions
 compared on the same backlog, harness and clock (docs/performance.md).
 
-    python -m bench.fleet_bench [--events N] [--accounts N] [--partitions P] [--workers-from CHECKOUT]
+    python -m bench.fleet_bench [--events N] [--accounts N] [--partitions P] [--workers-from TREE] [--keep]
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ native module built: `make setup` there), on topics and a database this
 checkout prepares; alternate runs of two versions on one broker and quote
 the ratio (docs/performance.md, "The log order's cost on the same work").
 
-    python -m bench.live_bench [--rate R] [--seconds S] [--workers-from CHECKOUT]
+    python -m bench.live_bench [--rate R] [--seconds S] [--workers-from CHECKOUT] [--keep]
 """
 
 from __future__ import annotations
