@@ -80,6 +80,22 @@ def _broker_pid() -> int:
     return int(out.stdout.split()[0])
 
 
+async def latency_since(dsn: str, since: float) -> tuple[float, float, int]:
+    """p50 and p99 (ms, Kafka timestamp to committed row) of the records received since `since`; how many."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        row = await conn.fetchrow(
+            "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms) AS p50,"
+            " percentile_cont(0.99) WITHIN GROUP (ORDER BY ms) AS p99, count(*) AS n FROM"
+            " (SELECT extract(epoch FROM persisted_at - received_at) * 1000 AS ms FROM records"
+            "  WHERE received_at >= to_timestamp($1)) t",
+            since,
+        )
+        return float(row["p50"]), float(row["p99"]), int(row["n"])
+    finally:
+        await conn.close()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -205,21 +221,7 @@ def main() -> None:
             asyncio.run(wait_drained(settings.kafka_bootstrap, cat, settings.app_id, settings.sink_app_id,
                                      args.partitions, timeout=600, check=alive))  # fmt: skip
 
-            async def latency() -> tuple[float, float, int]:
-                conn = await asyncpg.connect(dsn)
-                try:
-                    row = await conn.fetchrow(
-                        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms) AS p50,"
-                        " percentile_cont(0.99) WITHIN GROUP (ORDER BY ms) AS p99, count(*) AS n FROM"
-                        " (SELECT extract(epoch FROM persisted_at - received_at) * 1000 AS ms FROM records"
-                        "  WHERE received_at >= to_timestamp($1)) t",
-                        since,
-                    )
-                    return float(row["p50"]), float(row["p99"]), int(row["n"])
-                finally:
-                    await conn.close()
-
-            p50, p99, n_lat = asyncio.run(latency())
+            p50, p99, n_lat = asyncio.run(latency_since(dsn, since))
         finally:
             for p in procs:
                 p.send_signal(signal.SIGTERM)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import asyncpg
 
-from bench.fleet_bench import _broker_pid, _cpu_seconds
+from bench.fleet_bench import _broker_pid, _cpu_seconds, latency_since
 from costtrace.fleet.publish import publish
 from costtrace.fleet.settings import fleet_catalogue
 from costtrace.ops.sample import encode_event, generate_events
@@ -40,21 +40,6 @@ async def _rows(dsn: str) -> int:
     conn = await asyncpg.connect(dsn)
     try:
         return int(await conn.fetchval("SELECT count(*) FROM records"))
-    finally:
-        await conn.close()
-
-
-async def _latency(dsn: str, since: float) -> tuple[float, float, int]:
-    conn = await asyncpg.connect(dsn)
-    try:
-        row = await conn.fetchrow(
-            "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms) AS p50,"
-            " percentile_cont(0.99) WITHIN GROUP (ORDER BY ms) AS p99, count(*) AS n FROM"
-            " (SELECT extract(epoch FROM persisted_at - received_at) * 1000 AS ms FROM records"
-            "  WHERE received_at >= to_timestamp($1)) t",
-            since,
-        )
-        return float(row["p50"]), float(row["p99"]), int(row["n"])
     finally:
         await conn.close()
 
@@ -114,7 +99,7 @@ def main() -> None:
             cpu, took = [_cpu_seconds(pid) for pid in pids], time.time() - since
             asyncio.run(wait_drained(settings.kafka_bootstrap, cat, settings.app_id, settings.sink_app_id,
                                      args.partitions, timeout=600, check=alive))  # fmt: skip
-            p50, p99, n_lat = asyncio.run(_latency(dsn, since))
+            p50, p99, n_lat = asyncio.run(latency_since(dsn, since))
             records = asyncio.run(_rows(dsn)) - before
         finally:
             stop_processes(procs)
