@@ -38,6 +38,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer
@@ -80,20 +81,26 @@ def _broker_pid() -> int:
     return int(out.stdout.split()[0])
 
 
-async def latency_since(dsn: str, since: float) -> tuple[float, float, int]:
-    """p50 and p99 (ms, Kafka timestamp to committed row) of the records received since `since`; how many."""
+async def one_row(dsn: str, query: str, *args: Any) -> Any:
+    """The first row a query gives, on a connection of its own."""
     conn = await asyncpg.connect(dsn)
     try:
-        row = await conn.fetchrow(
-            "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms) AS p50,"
-            " percentile_cont(0.99) WITHIN GROUP (ORDER BY ms) AS p99, count(*) AS n FROM"
-            " (SELECT extract(epoch FROM persisted_at - received_at) * 1000 AS ms FROM records"
-            "  WHERE received_at >= to_timestamp($1)) t",
-            since,
-        )
-        return float(row["p50"]), float(row["p99"]), int(row["n"])
+        return await conn.fetchrow(query, *args)
     finally:
         await conn.close()
+
+
+async def latency_since(dsn: str, since: float) -> tuple[float, float, int]:
+    """p50 and p99 (ms, Kafka timestamp to committed row) of the records received since `since`; how many."""
+    row = await one_row(
+        dsn,
+        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms) AS p50,"
+        " percentile_cont(0.99) WITHIN GROUP (ORDER BY ms) AS p99, count(*) AS n FROM"
+        " (SELECT extract(epoch FROM persisted_at - received_at) * 1000 AS ms FROM records"
+        "  WHERE received_at >= to_timestamp($1)) t",
+        since,
+    )
+    return float(row["p50"]), float(row["p99"]), int(row["n"])
 
 
 def _free_port() -> int:
@@ -181,28 +188,26 @@ def main() -> None:
                     tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-30:])
                     raise SystemExit(f"the {role} stopped (exit {p.returncode}); its log ends:\n{tail}")
 
+        def cpu_now() -> list[float]:
+            """CPU seconds so far of the allocator, the sink and the broker."""
+            return [_cpu_seconds(p.pid) for p in procs] + [_cpu_seconds(broker)]
+
         try:
             broker = _broker_pid()
             ready_at = _ready(ports["allocator"])
-            cpu_start = [_cpu_seconds(p.pid) for p in procs] + [_cpu_seconds(broker)]
+            cpu_start = cpu_now()
             asyncio.run(wait_drained(settings.kafka_bootstrap, cat, settings.app_id, settings.sink_app_id,
                                      args.partitions, timeout=3600, check=alive))  # fmt: skip
-            cpu = [_cpu_seconds(p.pid) for p in procs] + [_cpu_seconds(broker)]
+            cpu = cpu_now()
             cpu_us = [(b - a) / len(lines) * 1e6 for a, b in zip(cpu_start, cpu, strict=True)]
 
-            async def span() -> tuple[float, float, int]:
-                conn = await asyncpg.connect(dsn)
-                try:
-                    row = await conn.fetchrow(
-                        "SELECT extract(epoch FROM min(persisted_at)) - $1 AS first,"
-                        " extract(epoch FROM max(persisted_at)) - $1 AS s, count(*) AS n FROM records",
-                        ready_at,
-                    )
-                    return float(row["first"]), float(row["s"]), int(row["n"])
-                finally:
-                    await conn.close()
-
-            first_row, seconds, n_records = asyncio.run(span())
+            row = asyncio.run(one_row(
+                dsn,
+                "SELECT extract(epoch FROM min(persisted_at)) - $1 AS first,"
+                " extract(epoch FROM max(persisted_at)) - $1 AS s, count(*) AS n FROM records",
+                ready_at,
+            ))  # fmt: skip
+            first_row, seconds, n_records = float(row["first"]), float(row["s"]), int(row["n"])
             allocator = len(lines) / seconds
 
             # steady rate, half of what the allocator sustained (or as asked), for latency
@@ -214,9 +219,9 @@ def main() -> None:
                 line.replace(b'"acct-', b'"lat-') for line in extra
             ]  # new ids: no repeats of the backlog
             since = time.time()
-            live_start = [_cpu_seconds(p.pid) for p in procs] + [_cpu_seconds(broker)]
+            live_start = cpu_now()
             asyncio.run(publish(settings.kafka_bootstrap, cat, extra, rate, stamp=False))
-            live_cpu = [_cpu_seconds(p.pid) for p in procs] + [_cpu_seconds(broker)]
+            live_cpu = cpu_now()
             live_us = [(b - a) / len(extra) * 1e6 for a, b in zip(live_start, live_cpu, strict=True)]
             asyncio.run(wait_drained(settings.kafka_bootstrap, cat, settings.app_id, settings.sink_app_id,
                                      args.partitions, timeout=600, check=alive))  # fmt: skip

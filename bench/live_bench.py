@@ -24,9 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import asyncpg
-
-from bench.fleet_bench import _broker_pid, _cpu_seconds, latency_since
+from bench.fleet_bench import _broker_pid, _cpu_seconds, latency_since, one_row
 from costtrace.fleet.publish import publish
 from costtrace.fleet.settings import fleet_catalogue
 from costtrace.ops.sample import encode_event, generate_events
@@ -37,11 +35,7 @@ ROLES = ("allocator", "sink")
 
 
 async def _rows(dsn: str) -> int:
-    conn = await asyncpg.connect(dsn)
-    try:
-        return int(await conn.fetchval("SELECT count(*) FROM records"))
-    finally:
-        await conn.close()
+    return int((await one_row(dsn, "SELECT count(*) AS n FROM records"))["n"])
 
 
 def main() -> None:
