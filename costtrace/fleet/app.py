@@ -8,7 +8,7 @@ The allocator does not let faust send its table's changelog. faust queues
 table writes in a producer buffer whose flush gives up after 0.1 s with
 messages still queued (`ProducerBuffer.flush_atmost`), and commits offsets
 after that flush: an offset could be committed before its state or records
-left the process. Instead, for each event the agent (1) puts the state into
+left the process. Instead, for each event the allocator (1) puts the state into
 the local RocksDB (one write batch), (2) adds the state's changelog records
 and then (3) the event's outputs to its `Outbox` (costtrace/fleet/outbox.py), which
 hands them to Kafka in batches, changelog first, every `producer_linger`
@@ -40,10 +40,10 @@ from costtrace.fleet.fence import writer_headers
 from costtrace.fleet.internals import (
     RAW,
     Hold,
-    StreamRoom,
     WriterFence,
     before_services,
     committed_offsets,
+    deliver_directly,
     describe_fetch,
     describe_offsets,
     flush_after,
@@ -249,7 +249,7 @@ ANNOUNCEMENT_HEADERS = [(ANNOUNCE_HEADER, b"1")]
 
 
 class AllocatorStep:
-    """What the allocator's agent does with each message (`bench.allocator_bench` runs it without faust).
+    """What the allocator does with each message it applies (`bench.allocator_bench` runs it without faust).
 
     The model on the message's partition (RocksDB) and the metrics, then the
     outbox: the changelog records of the event's state, then its outputs.
@@ -319,7 +319,6 @@ def allocator_app(settings: Settings) -> faust.App:
         table_standby_replicas=settings.standby_replicas,
     )
     table = app.Table("state", partitions=settings.partitions, key_type=bytes, value_type=bytes)
-    room = StreamRoom()
     ranks = {cat.input_for(kind): rank for kind, rank in RANK.items() if kind != "archive"}
     merge = LogMerge(
         {**ranks, cat.archive: RANK["archive"]}, cat.credits, settings.partitions, settings.max_idle,
@@ -341,7 +340,7 @@ def allocator_app(settings: Settings) -> faust.App:
 
     fence = WriterFence(app, rocks, changelog, before_marking, on_generation,
                         lambda skipped: metrics.stale_changelog.inc(skipped))  # fmt: skip
-    install(app, fetch_min_bytes=settings.fetch_min_bytes, fetch_max_wait=settings.fetch_max_wait, room=room,
+    install(app, fetch_min_bytes=settings.fetch_min_bytes, fetch_max_wait=settings.fetch_max_wait,
             hold=hold, rocks=rocks, fence=fence)  # fmt: skip
     source = app.topic(*cat.allocator_sources, **RAW)
     local = PartitionTable(partition_db(rocks))
@@ -562,8 +561,30 @@ def allocator_app(settings: Settings) -> faust.App:
                 metrics.forced_releases.inc(merge.forced - forced)
                 forced = merge.forced
 
+    async def take(m: Any) -> None:
+        """One fetched message: into the hold, and apply what that lets go (`deliver_directly`)."""
+        try:
+            merge.add(m.topic, m.partition, m.offset, int(m.timestamp * 1000), m.headers, m, time.monotonic())
+            while True:
+                more = apply_released(m.partition)
+                if outbox is not None and outbox.waiting > MAX_WAITING:
+                    await outbox.hand_over()
+                if not more:
+                    break
+                await asyncio.sleep(0)
+        except asyncio.CancelledError:  # a rebalance's suspension won the race: the hold keeps the rest
+            raise
+        except BaseException as exc:
+            # the state of an event may be applied with its changelog or outputs not handed
+            # over: stop, and let the restart read it again
+            stop(exc)
+            raise
+
+    deliver_directly(app, set(cat.allocator_sources), take)
+
     @app.agent(source, name="allocator")
     async def allocate(stream: faust.StreamT[bytes]) -> None:
+        """Sets up the step once the app runs; the messages come to `take`, never to this stream."""
         nonlocal outbox, step
         if outbox is None:
             outbox = await open_outbox()
@@ -587,26 +608,8 @@ def allocator_app(settings: Settings) -> faust.App:
         step = AllocatorStep(
             local, store, allocator, metrics, outbox, changelog, held, settled_for, credit_commits
         )
-        room.watch(stream.channel.queue)  # type: ignore[attr-defined]  # a faust Topic, typed as an iterator
         fewer_collections()
-        async for event in stream.events():
-            try:
-                m = event.message
-                merge.add(
-                    m.topic, m.partition, m.offset, int(m.timestamp * 1000), m.headers, m, time.monotonic()
-                )
-                while True:
-                    more = apply_released(m.partition)
-                    if outbox.waiting > MAX_WAITING:
-                        await outbox.hand_over()
-                    if not more:
-                        break
-                    await asyncio.sleep(0)
-            except BaseException as exc:
-                # faust acks the event after an exception in the agent, whose state
-                # may be applied with its changelog or outputs not handed over: stop
-                # instead, and let the restart read it again
-                stop(exc)
-                raise
+        async for _ in stream:  # subscribes faust to the topics; nothing ever comes here
+            raise AssertionError("the allocator's messages go to the hold directly")
 
     return app

@@ -83,6 +83,8 @@ TOUCHED: Final = (
     Touch("faust.transport.consumer:Consumer", "wait_first", True,
           "how _drain_messages hands each message over (callback, suspend_flow.wait())"),
     Touch("faust.transport.consumer:Consumer", "_new_offset", True, "the offset a commit of tp goes to"),
+    Touch("faust.transport.consumer:Consumer", "_filter_tps_with_pending_acks", True,
+          "the partitions a commit considers (faust: those with acked messages)"),
     Touch("faust.transport.consumer:Consumer", "_committed_offset", False,
           "tp -> last committed offset, set at assignment and after each commit"),
     Touch("faust.transport.consumer:Consumer", "_acked", False, "tp -> offsets acked, emptied by a commit"),
@@ -115,10 +117,10 @@ TOUCHED: Final = (
     Touch("faust.assignor.partition_assignor:PartitionAssignor", "assigned_actives", False,
           "the partitions (changelogs included) this member owns in the current generation"),
     Touch("faust.serializers.schemas:Schema", "compile", True, "how a channel decodes a message"),
-    Touch("mode.utils.queues:FlowControlQueue", "_wakeup_next", True,
-          "asyncio.Queue's call after each get and put"),
-    Touch("mode.utils.queues:FlowControlQueue", "pressure_drop_size", False,
-          "the size below which a paused partition is fetched again"),
+    Touch("faust.transport.conductor:Conductor", "_build_handler", True,
+          "the callback the consumer's fetch loop awaits for each message of a topic partition"),
+    Touch("faust.app.base:App", "flow_control", False, "suspended while partitions are being reassigned"),
+    Touch("faust.app.base:App", "consumer_generation_id", False, "the group generation now"),
     Touch("aiokafka.consumer.consumer:AIOKafkaConsumer", "_fetch_min_bytes", False,
           "read by start() to build its fetcher"),
     Touch("aiokafka.consumer.consumer:AIOKafkaConsumer", "_fetch_max_wait_ms", False,
@@ -359,51 +361,7 @@ async def _rest(coro: Coroutine[Any, Any, Any], yielded: Any) -> Any:
     return await _Rest(coro, yielded)
 
 
-class StreamRoom:
-    """Whether a stream's queue is full, and a wait until it has drained to its drop mark.
-
-    faust's stream iterator yields to the event loop after every event, so in
-    a backlog the fetch loop runs between any two events: it fills the one
-    slot just freed and finds the queue full at the next message, whose
-    hand-over then suspends (a task and an `asyncio.wait` in faust's
-    `on_message`, four more tasks in mode's `wait_first`); seen on the broker
-    for many messages under a backlog (docs/performance.md). With the room
-    in `fast_hand_over`, the fetch loop waits once while the queue is full,
-    until the agent has taken it down to its pressure-drop size (mode's:
-    40%, where faust also fetches a paused partition again), then hands over
-    the next thousands on the fast path.
-    """
-
-    def __init__(self) -> None:
-        self._queue: Any = None
-        self._low = 0
-        self._drained: asyncio.Future[None] | None = None
-
-    def watch(self, queue: Any) -> None:
-        """The stream's queue (a mode `FlowControlQueue`); once, before the stream is iterated."""
-        if queue is self._queue:
-            return
-        self._queue, self._low = queue, queue.pressure_drop_size
-        wake = queue._wakeup_next  # asyncio.Queue calls it after every get and put
-
-        def _wakeup_next(waiters: Any) -> None:
-            wake(waiters)
-            drained = self._drained
-            if drained is not None and not drained.done() and queue.qsize() <= self._low:
-                drained.set_result(None)
-
-        queue._wakeup_next = _wakeup_next
-
-    def full(self) -> bool:
-        return self._queue is not None and bool(self._queue.full())
-
-    async def drained(self) -> None:
-        if self._drained is None or self._drained.done():
-            self._drained = asyncio.get_running_loop().create_future()
-        await self._drained
-
-
-def fast_hand_over(consumer: Any, room: StreamRoom | None = None) -> None:
+def fast_hand_over(consumer: Any) -> None:
     """Hand each fetched message to the streams without four new tasks when nothing waits.
 
     faust's fetch loop hands every message over with `wait_first(callback(message),
@@ -416,12 +374,6 @@ def fast_hand_over(consumer: Any, room: StreamRoom | None = None) -> None:
     give; if it waits (a full stream queue, flow control), the rest of it
     goes to mode's `wait_first` with the others, as before. The original path
     also whenever the consumer is stopped, crashed or suspending its flow.
-
-    With a `room` (see `StreamRoom`), a message that finds the stream's queue
-    full first waits, with mode's `wait_first` racing the flow's suspension
-    as for the callback, until the queue has drained; if the flow is
-    suspended meanwhile, the callback is dropped unrun, as mode drops it when
-    the suspension wins (faust seeks back to the committed offsets after).
     """
     original: Callable[..., Awaitable[WaitResults]] = consumer.wait_first
     stopped, crashed, suspend_flow = consumer._stopped, consumer._crashed, consumer.suspend_flow
@@ -430,13 +382,6 @@ def fast_hand_over(consumer: Any, room: StreamRoom | None = None) -> None:
         first = coros[0] if coros else None
         if not isinstance(first, Coroutine) or stopped.is_set() or crashed.is_set() or suspend_flow.is_set():
             return await original(*coros, timeout=timeout)
-        if room is not None and room.full():
-            drained = room.drained()
-            waited = await original(drained, *coros[1:], timeout=timeout)
-            if drained not in waited.done or suspend_flow.is_set() or stopped.is_set() or crashed.is_set():
-                first.close()
-                return waited
-            coros = (first, suspend_flow.wait())  # the others were used up waiting
         try:
             yielded = first.send(None)
         except StopIteration as stop:
@@ -505,7 +450,7 @@ class Hold:
 
     def __init__(self, merge: LogMerge, sources: set[str]) -> None:
         self.merge = merge
-        self.sources = sources  # every topic the agent reads (the credits topic included)
+        self.sources = sources  # every topic the allocator reads (the credits topic included)
         self._consumer: Any = None
         self._commit_metadata: dict[TP, tuple[int, str]] = {}
         self._generation: int | None = None
@@ -528,6 +473,18 @@ class Hold:
             return point
 
         consumer._new_offset = new_offset
+        pending = consumer._filter_tps_with_pending_acks
+
+        def with_pending_acks(topics: Any = None) -> Any:
+            # faust commits the partitions whose messages were acked; the hold's are never acked
+            # (`deliver_directly`): each of them may have a commit point past its last commit
+            tps = set(pending(topics))
+            for topic, partition in self.merge.owned():
+                if topics is None or topic in topics or TP(topic, partition) in topics:
+                    tps.add(TP(topic, partition))
+            return iter(tps)
+
+        consumer._filter_tps_with_pending_acks = with_pending_acks
 
     def attach_client(self, client: Any) -> None:
         """aiokafka's consumer, in faust's consumer thread: its commits carry the order time."""
@@ -588,7 +545,6 @@ def guard_consumer(
     app: faust.App,
     fetch_min_bytes: int = 1,
     fetch_max_wait: float = 0.5,
-    room: StreamRoom | None = None,
     hold: Hold | None = None,
 ) -> None:
     """Wrap the consumer faust creates (lazily, on its own loop) for this app.
@@ -600,7 +556,7 @@ def guard_consumer(
     def _new_consumer() -> Any:
         consumer: Any = new_consumer()
         ConsumerGuards(consumer, lambda tp: tp.topic in app.tables.changelog_topics, hold)
-        fast_hand_over(consumer, room)
+        fast_hand_over(consumer)
         if hold is not None:
             hold.attach(consumer)
         thread = consumer._thread
@@ -666,12 +622,38 @@ def without_write_ahead_log(rocks: Any) -> None:
     rocks._open_for_partition = _open_for_partition
 
 
+def deliver_directly(app: faust.App, topics: set[str], handle: Callable[[Any], Awaitable[None]]) -> None:
+    """Hand each fetched message of `topics` to `handle`, not to a stream: no event, queue or ack.
+
+    faust's fetch loop awaits one callback per message, which puts an event
+    on each subscribed stream's queue, for an agent to take off again; that
+    path was most of what the allocator spent on a message besides applying
+    it (docs/performance.md). The allocator's hold does all a stream did for
+    it (the order, the commit point, the seeks after a gap) and needs only
+    the message. As a stream does, a message read while partitions are being
+    reassigned, or fetched in a generation before the current one, is left
+    out (the hold reads its partition again from where it is).
+    """
+    conductor: Any = app.topics
+    build = conductor._build_handler
+    flow_control = app.flow_control
+
+    async def direct(message: Any) -> None:
+        if not flow_control.is_active() or message.generation_id != app.consumer_generation_id:
+            return
+        await handle(message)
+
+    def _build_handler(tp: TP, channels: Any) -> Any:
+        return direct if tp.topic in topics else build(tp, channels)
+
+    conductor._build_handler = _build_handler
+
+
 def install(
     app: faust.App,
     *,
     fetch_min_bytes: int = 1,
     fetch_max_wait: float = 0.5,
-    room: StreamRoom | None = None,
     hold: Hold | None = None,
     rocks: Any = None,
     fence: WriterFence | None = None,
@@ -684,7 +666,7 @@ def install(
     its changelog (`fence`).
     """
     check_versions()
-    guard_consumer(app, fetch_min_bytes, fetch_max_wait, room, hold)
+    guard_consumer(app, fetch_min_bytes, fetch_max_wait, hold)
     without_monitor(app)
     if rocks is not None:
         without_write_ahead_log(rocks)

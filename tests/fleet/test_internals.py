@@ -29,7 +29,6 @@ from aiokafka.structs import OffsetAndMetadata
 from faust.types import TP
 from mode import Service
 from mode.services import WaitResults
-from mode.utils.queues import FlowControlEvent, ThrowableQueue
 
 from costtrace.fleet import internals
 from costtrace.fleet.fence import MARKER_KEY, marker_value, writer_headers
@@ -38,7 +37,6 @@ from costtrace.fleet.internals import (
     TOUCHED,
     ConsumerGuards,
     Hold,
-    StreamRoom,
     Touch,
     UntestedVersions,
     WriterFence,
@@ -128,7 +126,7 @@ async def test_stream_partitions_the_group_never_committed_are_read_again_from_t
 class Fetching(Service):
     """A mode service with a consumer's `suspend_flow`; counts the calls of mode's own `wait_first`."""
 
-    def __init__(self, room: StreamRoom | None = None) -> None:
+    def __init__(self) -> None:
         super().__init__()
         self.suspend_flow = asyncio.Event()
         self.slow_paths = 0
@@ -139,7 +137,7 @@ class Fetching(Service):
             return await slow(*coros, timeout=timeout)
 
         self.wait_first = counted  # type: ignore[method-assign]
-        fast_hand_over(self, room)
+        fast_hand_over(self)
 
 
 async def test_a_hand_over_that_finishes_at_once_takes_no_task_and_closes_the_flow_wait() -> None:
@@ -219,70 +217,6 @@ async def test_a_failing_hand_over_raises_on_either_path() -> None:
     assert consumer.slow_paths == 1
 
 
-def _stream_queue(maxsize: int) -> Any:
-    """A queue as faust gives a stream (mode's, with its pressure marks: drop at 40%)."""
-    return ThrowableQueue(maxsize=maxsize, flow_control=FlowControlEvent())
-
-
-async def test_a_full_stream_queue_takes_hand_overs_again_only_once_drained_to_its_drop_mark() -> None:
-    room = StreamRoom()
-    consumer = Fetching(room)
-    queue = _stream_queue(10)  # drop mark: 4
-    room.watch(queue)
-    for i in range(10):
-        queue.put_nowait(i)
-
-    async def put(value: int) -> str:
-        queue.put_nowait(value)  # as faust's on_message, once there is room
-        return "put"
-
-    waiting = asyncio.ensure_future(consumer.wait_first(put(10), consumer.suspend_flow.wait()))
-    await asyncio.sleep(0.005)
-    assert not waiting.done()
-    taken = []
-    for _ in range(5):  # one slot free would do for a plain queue; the room waits for more
-        taken.append(queue.get_nowait())
-        await asyncio.sleep(0.005)
-        assert not waiting.done()
-    taken.append(queue.get_nowait())  # 4 left: drained
-    got = await asyncio.wait_for(waiting, 1)
-    assert got.results == ["put"] and not got.stopped
-    assert taken == list(range(6)) and queue.qsize() == 5
-    assert consumer.slow_paths == 1  # the one wait for room; the hand-over itself on the fast path
-
-    # with room left, the next hand-overs go straight through
-    for value in (11, 12, 13):
-        assert (await consumer.wait_first(put(value), consumer.suspend_flow.wait())).results == ["put"]
-    assert consumer.slow_paths == 1
-
-
-async def test_a_hand_over_waiting_for_room_is_dropped_unrun_when_the_flow_is_suspended() -> None:
-    room = StreamRoom()
-    consumer = Fetching(room)
-    queue = _stream_queue(4)
-    room.watch(queue)
-    for i in range(4):
-        queue.put_nowait(i)
-    ran: list[int] = []
-
-    async def put(value: int) -> None:
-        ran.append(value)
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        waiting = asyncio.ensure_future(consumer.wait_first(put(4), consumer.suspend_flow.wait()))
-        await asyncio.sleep(0.01)
-        consumer.suspend_flow.set()  # a rebalance starts while the queue is full
-        got = await asyncio.wait_for(waiting, 1)
-        gc.collect()
-    assert got.results == [True] and ran == []
-    assert not [w for w in caught if "never awaited" in str(w.message)]
-    queue.clear()  # faust clears the stream queues; after the rebalance the room is there again
-    consumer.suspend_flow.clear()
-    assert (await consumer.wait_first(put(5), consumer.suspend_flow.wait())).results == [None]
-    assert ran == [5]
-
-
 class CommittedConsumer:
     """What `Hold.start` reads of faust's consumer: the generation, the committed offsets, the log starts."""
 
@@ -326,6 +260,58 @@ async def test_a_partition_never_committed_starts_where_its_log_starts_not_where
     assert merge.held == 0
     merge.add("p.issued", 0, 0, 0, [], stale)  # read again from the start: taken
     assert merge.held == 1 and ("p.issued", 0) not in merge.resync
+
+
+class Flow:
+    def __init__(self) -> None:
+        self.active = True
+
+    def is_active(self) -> bool:
+        return self.active
+
+
+async def test_the_allocators_messages_go_to_its_callback_none_of_a_stale_generation_or_stopped_flow() -> (
+    None
+):
+    def stream_handler(tp: TP, channels: Any) -> str:
+        return f"stream {tp.topic}"
+
+    conductor = SimpleNamespace(_build_handler=stream_handler)
+    app: Any = SimpleNamespace(topics=conductor, flow_control=Flow(), consumer_generation_id=3)
+    taken: list[int] = []
+
+    async def take(message: Any) -> None:
+        taken.append(message.offset)
+
+    internals.deliver_directly(app, {"p.issued"}, take)
+    assert conductor._build_handler(TP("p.other", 0), set()) == "stream p.other"  # others: faust's streams
+    direct = conductor._build_handler(TP("p.issued", 0), set())
+    await direct(SimpleNamespace(offset=1, generation_id=3))
+    await direct(SimpleNamespace(offset=2, generation_id=2))  # fetched before the rebalance: left out
+    app.flow_control.active = False  # partitions being reassigned
+    await direct(SimpleNamespace(offset=3, generation_id=3))
+    app.flow_control.active = True
+    await direct(SimpleNamespace(offset=4, generation_id=3))
+    assert taken == [1, 4]
+
+
+def test_a_commit_considers_every_partition_the_hold_owns_though_none_was_acked() -> None:
+    topics = {"p.issued": 1, "p.transferred": 3, "p.consumed": 4}
+    merge = LogMerge(topics, "p.credits", 2, 3.0)
+    merge.assign({(t, p): (0, None) for t in [*topics, "p.credits"] for p in (0, 1)}, 0.0)
+    consumer: Any = SimpleNamespace(
+        _new_offset=lambda tp: None,
+        # acked: another topic's partition
+        _filter_tps_with_pending_acks=lambda topics=None: iter([] if topics else [TP("other", 0)]),
+    )
+    Hold(merge, {*topics, "p.credits"}).attach(consumer)
+    every = set(consumer._filter_tps_with_pending_acks())
+    assert every == {TP("other", 0), *(TP(t, p) for t, p in merge.owned())}
+    assert TP("p.issued", 1) in every and TP("p.credits", 1) in every
+    assert set(consumer._filter_tps_with_pending_acks({"p.consumed"})) == {
+        TP("p.consumed", 0),
+        TP("p.consumed", 1),
+    }
 
 
 REPO = Path(__file__).resolve().parents[2]
@@ -506,13 +492,15 @@ def test_a_topic_decodes_with_its_schemas_compile() -> None:
     assert "self.schema.compile(" in source_of(Topic)
 
 
-def test_the_stream_queue_wakes_through_wakeup_next_and_drops_pressure_at_its_size() -> None:
-    from mode.utils.queues import FlowControlQueue
-
-    assert issubclass(FlowControlQueue, __import__("asyncio").Queue)
-    assert "self._wakeup_next(" in source_of(FlowControlQueue)
-    assert "pressure_drop_size" in FlowControlQueue.__dict__
-    assert "size <= pressure_drop_size" in source_of(FlowControlQueue)  # where a paused partition resumes
+def test_each_partitions_callback_comes_from_build_handler_and_commits_go_by_pending_acks() -> None:
+    conductor = "faust.transport.conductor:Conductor"
+    assert "self._build_handler(tp," in source_of(method(conductor, "_update_callback_map"))
+    assert "get_callback_for_tp(message.tp)" in source_of(method(conductor, "_compile_message_handler"))
+    assert "self._filter_tps_with_pending_acks(topics)" in source_of(method(CONSUMER, "force_commit"))
+    # what a stream leaves out, and so does deliver_directly
+    stream = source_of(method("faust.streams:Stream", "_py_aiter"))
+    assert "not self.app.flow_control.is_active()" in stream
+    assert "message.generation_id != self.app.consumer_generation_id" in stream
 
 
 def test_the_spinner_is_optional() -> None:
