@@ -362,18 +362,21 @@ async def _rest(coro: Coroutine[Any, Any, Any], yielded: Any) -> Any:
 
 
 def fast_hand_over(consumer: Any) -> None:
-    """Hand each fetched message to the streams without four new tasks when nothing waits.
+    """Hand each fetched message over without four new tasks when nothing waits.
 
     faust's fetch loop hands every message over with `wait_first(callback(message),
     suspend_flow.wait())` (`Consumer._drain_messages`), and mode's `wait_first`
     makes a task of each, adds two for the service's stopped and crashed
     events, and runs an `asyncio.wait`: a large share of the allocator's CPU
-    per event (docs/performance.md), although the callback almost always finishes at once (it puts the event
-    on its stream's queue). Here the first coroutine is run up to its first
-    suspension; if it finishes there, that is the result `wait_first` would
-    give; if it waits (a full stream queue, flow control), the rest of it
-    goes to mode's `wait_first` with the others, as before. The original path
-    also whenever the consumer is stopped, crashed or suspending its flow.
+    per event (docs/performance.md), although the callback almost always
+    finishes at once (it puts the event on its stream's queue; the
+    allocator's `take`, see `deliver_directly`, applies what the hold lets
+    go). Here the first coroutine is run up to its first suspension; if it
+    finishes there, that is the result `wait_first` would give; if it waits
+    (a full stream queue, a hand-over to Kafka, flow control), the rest of it
+    goes to mode's `wait_first` with the others, as before, so a rebalance
+    still interrupts it. The original path also whenever the consumer is
+    stopped, crashed or suspending its flow.
     """
     original: Callable[..., Awaitable[WaitResults]] = consumer.wait_first
     stopped, crashed, suspend_flow = consumer._stopped, consumer._crashed, consumer.suspend_flow

@@ -2,7 +2,8 @@
 
 The fixes: no stream event before its seek, no fetch of paused partitions, no
 partition left past records faust dropped, the hand-over of fetched messages
-without tasks, commits at the hold's commit point. The libraries: each
+without tasks, the allocator's messages without a stream, commits at the
+hold's commit point. The libraries: each
 attribute the module replaces or reads must still exist and, where its
 meaning can be read from the library's source, still mean what the fix
 relies on. A failure there means: read the library's change before pinning
