@@ -37,6 +37,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +102,35 @@ async def latency_since(dsn: str, since: float) -> tuple[float, float, int]:
         since,
     )
     return float(row["p50"]), float(row["p99"]), int(row["n"])
+
+
+def start_workers(
+    tree: Path, env: dict[str, str], folder: Path, roles: dict[str, dict[str, str]]
+) -> tuple[list[subprocess.Popen[bytes]], Callable[[], None]]:
+    """Start `costtrace worker` of each role (with its own extra environment) from checkout `tree`.
+
+    Returns the processes, in the order of `roles`, and a check that stops
+    the bench, with the end of the worker's log, once one of them has exited:
+    a stopped worker would otherwise leave the bench waiting for an hour.
+    """
+    logs = {role: folder / f"{role}.log" for role in roles}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "costtrace.cli", "worker", "--role", role,
+             "--state-dir", str(folder / role)],
+            cwd=tree, env={**env, **extra, "PYTHONPATH": str(tree)},
+            stdout=subprocess.DEVNULL, stderr=logs[role].open("w"),
+        )
+        for role, extra in roles.items()
+    ]  # fmt: skip
+
+    def alive() -> None:
+        for (role, log), p in zip(logs.items(), procs, strict=True):
+            if p.poll() is not None:
+                tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-30:])
+                raise SystemExit(f"the {role} stopped (exit {p.returncode}); its log ends:\n{tail}")
+
+    return procs, alive
 
 
 def _free_port() -> int:
@@ -170,23 +200,12 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         ports = {"allocator": _free_port(), "sink": _free_port()}  # the order of cpu_us below
-        logs = {role: Path(tmp) / f"{role}.log" for role in ports}
-        procs = [
-            subprocess.Popen(
-                [sys.executable, "-m", "costtrace.cli", "worker", "--role", role,
-                 "--state-dir", str(Path(tmp) / role)],
-                cwd=tree, env={**worker_env, "COSTTRACE_HTTP_PORT": str(port), "PYTHONPATH": str(tree)},
-                stdout=subprocess.DEVNULL, stderr=logs[role].open("w"),
-            )
-            for role, port in ports.items()
-        ]  # fmt: skip
-
-        def alive() -> None:
-            """A worker that stopped would leave the bench waiting for an hour: say why, at once."""
-            for (role, log), p in zip(logs.items(), procs, strict=True):
-                if p.poll() is not None:
-                    tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-30:])
-                    raise SystemExit(f"the {role} stopped (exit {p.returncode}); its log ends:\n{tail}")
+        procs, alive = start_workers(
+            tree,
+            worker_env,
+            Path(tmp),
+            {role: {"COSTTRACE_HTTP_PORT": str(port)} for role, port in ports.items()},
+        )
 
         def cpu_now() -> list[float]:
             """CPU seconds so far of the allocator, the sink and the broker."""

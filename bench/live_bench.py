@@ -18,13 +18,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench.fleet_bench import _broker_pid, _cpu_seconds, latency_since, one_row
+from bench.fleet_bench import _broker_pid, _cpu_seconds, latency_since, one_row, start_workers
 from costtrace.fleet.publish import publish
 from costtrace.fleet.settings import fleet_catalogue
 from costtrace.ops.sample import encode_event, generate_events
@@ -53,28 +51,14 @@ def main() -> None:
     run = prepare_run(env, name, partitions=args.partitions)
     settings, dsn, cat = run.settings, run.dsn, fleet_catalogue(run.settings)
     tree = (args.workers_from or Path.cwd()).resolve()
-    worker_env = {**os.environ, **run.env, "PYTHONPATH": str(tree)}
+    worker_env = {**os.environ, **run.env}
     # a first few events: once their rows are in, both workers have joined and run
     warm = [encode_event(e) for e in generate_events(200, 50, 3)]
     warm = [line.replace(b'"acct-', b'"warm-') for line in warm]
     traffic = [encode_event(e) for e in generate_events(int(args.rate * args.seconds), args.accounts, 9)]
 
     with tempfile.TemporaryDirectory() as tmp:
-        procs = [
-            subprocess.Popen(
-                [sys.executable, "-m", "costtrace.cli", "worker", "--role", role,
-                 "--state-dir", str(Path(tmp) / role)],
-                cwd=tree, env=worker_env, stdout=subprocess.DEVNULL,
-                stderr=(Path(tmp) / f"{role}.log").open("w"),
-            )
-            for role in ROLES
-        ]  # fmt: skip
-
-        def alive() -> None:
-            for role, p in zip(ROLES, procs, strict=True):
-                if p.poll() is not None:
-                    tail = (Path(tmp) / f"{role}.log").read_text(errors="replace")[-3000:]
-                    raise SystemExit(f"the {role} stopped (exit {p.returncode}); its log ends:\n{tail}")
+        procs, alive = start_workers(tree, worker_env, Path(tmp), {role: {} for role in ROLES})
 
         try:
             asyncio.run(publish(settings.kafka_bootstrap, cat, warm, stamp=False))

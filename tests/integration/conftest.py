@@ -30,13 +30,14 @@ def fleet(stack: None, tmp_path: Path, request: pytest.FixtureRequest) -> Iterat
         yield f
     finally:
         f.stop_all()
-        if not request.node.stash.get(_FAILED, True):
+        failed = request.node.stash.get(_FAILED, None)  # None: the test body never ran
+        if failed is False:
             # passed: its topics go (a broker that accumulates thousands of partitions slows down)
             try:
                 f.remove()
             except Exception as exc:  # what is left only costs the broker
                 print(f"\nfleet {f.name}: topics and database not removed: {exc!r}")
-        elif request.node.stash.get(_FAILED, False):
+        elif failed:
             # keep the workers' logs; the test's database stays too, named after the fleet
             keep = REPO / ".stack" / "failed-tests" / f"{f.name}-{request.node.name}"[:120]
             shutil.copytree(tmp_path, keep, ignore=shutil.ignore_patterns("state-*"), dirs_exist_ok=True)
